@@ -1,0 +1,53 @@
+//! `pushrelay-auth`: the auth-and-coalesce stage.
+
+use anyhow::Context;
+use clap::Parser;
+use pushrelay_auth_coalesce::StageArgs;
+use pushrelay_telemetry::{AdminArgs, Health, LogArgs};
+use tokio_util::sync::CancellationToken;
+
+/// Validates tenants' S2S tokens on `mailbox-changes` and emits debounced unread counts
+/// to `unread-counts`. Every flag also reads an environment variable (shown in brackets).
+#[derive(Debug, Parser)]
+#[command(name = "pushrelay-auth", version)]
+struct Cli {
+    #[command(flatten)]
+    stage: StageArgs,
+    #[command(flatten)]
+    admin: AdminArgs,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    pushrelay_telemetry::init_logging(&cli.log).map_err(anyhow::Error::msg)?;
+    let health = Health::new();
+    let shutdown = CancellationToken::new();
+    let (_, admin) = pushrelay_telemetry::serve_admin(
+        cli.admin.admin_addr,
+        health.clone(),
+        pushrelay_telemetry::metrics_handle(),
+        shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("cannot bind the admin server to {}", cli.admin.admin_addr))?;
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            pushrelay_telemetry::shutdown_signal().await;
+            tracing::info!("shutdown requested: draining (a second signal exits at once)");
+            shutdown.cancel();
+            pushrelay_telemetry::shutdown_signal().await;
+            std::process::exit(130);
+        });
+    }
+    let result = pushrelay_auth_coalesce::run(cli.stage, health.clone(), shutdown.clone()).await;
+    if let Err(err) = &result {
+        health.fail(err.to_string());
+    }
+    shutdown.cancel();
+    let _ = admin.await;
+    result.context("auth-coalesce stage failed")
+}

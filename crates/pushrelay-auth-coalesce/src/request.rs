@@ -1,0 +1,257 @@
+//! The pure part of the stage: decoding and checking input records, building output
+//! records. No I/O.
+
+use pushrelay_auth::Rejection;
+use pushrelay_coalesce::{Change, Emission, mailbox_key};
+use pushrelay_kafka::{Record, murmur2_partition};
+use pushrelay_proto::Message;
+use pushrelay_proto::v1::{FeedbackKind, MailboxChange, TenantFeedback, UnreadCount};
+
+/// Longest mailbox address accepted (RFC 5321 path limit).
+pub const MAX_MAILBOX_LEN: usize = 320;
+
+/// Why an input record cannot be processed at all (it goes to the dead letters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// Stable reason code.
+    pub reason: &'static str,
+    /// Detail for operators.
+    pub message: String,
+}
+
+impl Invalid {
+    fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Decodes a `MailboxChange` and checks what can be checked without the token.
+pub fn decode_change(record: &Record) -> Result<MailboxChange, Invalid> {
+    let Some(payload) = record.payload.as_deref() else {
+        return Err(Invalid::new("undecodable", "empty (tombstone) value"));
+    };
+    let change = MailboxChange::decode(payload)
+        .map_err(|err| Invalid::new("undecodable", format!("not a MailboxChange: {err}")))?;
+    if change.mailbox.is_empty() {
+        return Err(Invalid::new("invalid_record", "empty mailbox"));
+    }
+    if change.mailbox.len() > MAX_MAILBOX_LEN {
+        return Err(Invalid::new(
+            "invalid_record",
+            format!("mailbox longer than {MAX_MAILBOX_LEN} bytes"),
+        ));
+    }
+    if change.token.is_empty() {
+        return Err(Invalid::new("invalid_record", "no token"));
+    }
+    Ok(change)
+}
+
+/// What a validated change must satisfy against its Kafka placement: the key is exactly
+/// `{tenant}/{mailbox}` for the token's tenant, and the record sits in the partition the
+/// murmur2 partitioner gives that key. Otherwise it is refused: a tenant cannot write
+/// under another tenant's keys, and a misrouted record would escape the mailbox's fence.
+pub fn check_placement(
+    record: &Record,
+    tenant: &str,
+    mailbox: &str,
+    partitions: usize,
+) -> Result<(), Invalid> {
+    let expected = mailbox_key(tenant, mailbox);
+    let key = record.key.as_deref().unwrap_or_default();
+    if key != expected.as_bytes() {
+        return Err(Invalid::new(
+            "key_tenant_mismatch",
+            format!(
+                "record key {:?} is not {expected:?}, the key of the token's tenant and the mailbox",
+                String::from_utf8_lossy(key)
+            ),
+        ));
+    }
+    let partition = murmur2_partition(key, partitions);
+    if partition != record.partition {
+        return Err(Invalid::new(
+            "misrouted",
+            format!(
+                "key belongs in partition {partition} (murmur2 of {partitions}), found in {}; \
+                 the producer must use the murmur2 partitioner",
+                record.partition
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The coalescer's view of an accepted change.
+pub fn to_change(record: &Record, tenant: &str, change: MailboxChange) -> Change {
+    Change {
+        tenant: tenant.to_owned(),
+        mailbox: change.mailbox,
+        partition: record.partition,
+        offset: record.offset,
+        count: change.unread_count,
+        sequence: change.sequence,
+        ingress_time_ms: change.ingress_time_ms,
+        event_id: change.event_id,
+    }
+}
+
+/// The feedback record of a rejected token. Carries header fields, never the signature.
+pub fn rejection_feedback(
+    rejection: &Rejection,
+    change: &MailboxChange,
+    now_ms: i64,
+) -> TenantFeedback {
+    TenantFeedback {
+        tenant: feedback_tenant(rejection.claimed_tenant.as_deref()),
+        kind: FeedbackKind::TokenRejected as i32,
+        reason: rejection.reason.code().to_owned(),
+        message: rejection.reason.to_string(),
+        mailbox: change.mailbox.clone(),
+        event_id: change.event_id.clone(),
+        key_id: rejection.key_id.clone().unwrap_or_default(),
+        thumbprint: rejection.thumbprint.clone().unwrap_or_default(),
+        algorithm: rejection.algorithm.clone().unwrap_or_default(),
+        device_token: String::new(),
+        time_ms: now_ms,
+    }
+}
+
+/// The feedback record of a change refused after its token was accepted (placement).
+pub fn placement_feedback(
+    tenant: &str,
+    invalid: &Invalid,
+    change: &MailboxChange,
+    now_ms: i64,
+) -> TenantFeedback {
+    TenantFeedback {
+        tenant: tenant.to_owned(),
+        kind: FeedbackKind::TokenRejected as i32,
+        reason: invalid.reason.to_owned(),
+        message: invalid.message.clone(),
+        mailbox: change.mailbox.clone(),
+        event_id: change.event_id.clone(),
+        key_id: String::new(),
+        thumbprint: String::new(),
+        algorithm: String::new(),
+        device_token: String::new(),
+        time_ms: now_ms,
+    }
+}
+
+/// Feedback key for a possibly unknown tenant.
+pub fn feedback_tenant(claimed: Option<&str>) -> String {
+    match claimed {
+        Some(tenant) if pushrelay_auth::valid_tenant_id(tenant) => tenant.to_owned(),
+        _ => "-".to_owned(),
+    }
+}
+
+/// The output record of an emission.
+pub fn unread_count(emission: &Emission, now_ms: i64) -> UnreadCount {
+    UnreadCount {
+        tenant: emission.tenant.clone(),
+        mailbox: emission.mailbox.clone(),
+        count: emission.count,
+        sequence: emission.sequence,
+        changes_coalesced: emission.changes_coalesced,
+        first_ingress_time_ms: emission.first_ingress_time_ms,
+        last_ingress_time_ms: emission.last_ingress_time_ms,
+        emitted_time_ms: now_ms,
+        last_event_id: emission.last_event_id.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn record(key: &str, partition: i32, payload: Option<Vec<u8>>) -> Record {
+        Record {
+            topic: Arc::from("pushrelay.mailbox-changes"),
+            partition,
+            offset: 1,
+            key: Some(key.as_bytes().to_vec()),
+            payload,
+            timestamp_ms: None,
+        }
+    }
+
+    fn change(mailbox: &str) -> MailboxChange {
+        MailboxChange {
+            event_id: "e1".into(),
+            mailbox: mailbox.into(),
+            unread_count: 3,
+            sequence: 7,
+            source_time_ms: 0,
+            ingress_time_ms: 5,
+            token: "a.b.c".into(),
+        }
+    }
+
+    #[test]
+    fn garbage_and_tombstones_are_undecodable() {
+        let r = record("t/m", 0, Some(vec![0xff, 0xff, 0xff]));
+        assert_eq!(decode_change(&r).map_err(|e| e.reason), Err("undecodable"));
+        let r = record("t/m", 0, None);
+        assert_eq!(decode_change(&r).map_err(|e| e.reason), Err("undecodable"));
+    }
+
+    #[test]
+    fn empty_mailbox_or_token_is_invalid() {
+        let r = record("t/m", 0, Some(change("").encode_to_vec()));
+        assert_eq!(
+            decode_change(&r).map_err(|e| e.reason),
+            Err("invalid_record")
+        );
+        let mut c = change("a@x");
+        c.token.clear();
+        let r = record("t/m", 0, Some(c.encode_to_vec()));
+        assert_eq!(
+            decode_change(&r).map_err(|e| e.reason),
+            Err("invalid_record")
+        );
+    }
+
+    #[test]
+    fn another_tenants_key_is_refused() {
+        let key = "contoso.com/a@contoso.com";
+        let p = murmur2_partition(key.as_bytes(), 4);
+        let r = record(key, p, None);
+        let err = check_placement(&r, "fabrikam.com", "a@contoso.com", 4).expect_err("refused");
+        assert_eq!(err.reason, "key_tenant_mismatch");
+        assert!(check_placement(&r, "contoso.com", "a@contoso.com", 4).is_ok());
+    }
+
+    #[test]
+    fn misrouted_record_is_refused() {
+        let key = "contoso.com/a@contoso.com";
+        let p = murmur2_partition(key.as_bytes(), 4);
+        let r = record(key, (p + 1) % 4, None);
+        let err = check_placement(&r, "contoso.com", "a@contoso.com", 4).expect_err("refused");
+        assert_eq!(err.reason, "misrouted");
+    }
+
+    #[test]
+    fn feedback_never_carries_the_token() {
+        let rejection = Rejection {
+            reason: pushrelay_auth::Reason::Expired,
+            claimed_tenant: Some("Evil/Tenant".into()),
+            algorithm: Some("RS256".into()),
+            key_id: Some("k1".into()),
+            thumbprint: None,
+        };
+        let fb = rejection_feedback(&rejection, &change("a@x"), 9);
+        assert_eq!(
+            fb.tenant, "-",
+            "an unusable claimed tenant is not used as a key"
+        );
+        assert_eq!(fb.reason, "expired");
+        let bytes = fb.encode_to_vec();
+        assert!(!bytes.windows(5).any(|w| w == b"a.b.c"));
+    }
+}

@@ -1,0 +1,139 @@
+//! SIGKILL of the stage binary mid-stream: a second instance takes over; no mailbox's
+//! final count is lost and no count older than an emitted one is emitted after it.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{PARTITIONS, all_final, change, counts_by_key, key};
+use pushrelay_kafka::KafkaArgs;
+use pushrelay_proto::Message;
+use pushrelay_testkit::{
+    TestBroker, TestTenant, create_all_topics, produce, produce_many, producer, read_topic,
+    wait_for_records,
+};
+
+const MAILBOXES: usize = 200;
+const ROUNDS: u64 = 30;
+
+fn spawn_stage(kafka: &KafkaArgs, name: &str) -> Child {
+    let properties: Vec<String> = kafka
+        .properties
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    Command::new(env!("CARGO_BIN_EXE_pushrelay-auth"))
+        .env("PUSHRELAY_BROKERS", &kafka.brokers)
+        .env("PUSHRELAY_TOPIC_PREFIX", &kafka.topic_prefix)
+        .env("PUSHRELAY_PARTITIONS", PARTITIONS.to_string())
+        .env("PUSHRELAY_KAFKA_PROPERTIES", properties.join(","))
+        .env("PUSHRELAY_GROUP", format!("{}auth", kafka.topic_prefix))
+        .env("PUSHRELAY_ADMIN_ADDR", "127.0.0.1:0")
+        .env("PUSHRELAY_QUIET_PERIOD_MS", "100")
+        .env("PUSHRELAY_MAX_DELAY_MS", "300")
+        .env(
+            "PUSHRELAY_LOG",
+            format!("warn,pushrelay_kafka=info,{name}=info"),
+        )
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("the stage binary starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_loses_no_final_count_and_never_goes_back() {
+    let tenant = TestTenant::generate("fabrikam.com");
+    for broker in TestBroker::all() {
+        eprintln!("-- on the {} broker {}", broker.kind, broker.brokers);
+        scenario(&broker, &tenant).await;
+    }
+}
+
+async fn scenario(broker: &TestBroker, tenant: &TestTenant) {
+    let kafka = broker.kafka_args("crash", PARTITIONS);
+    let topics = kafka.topics();
+    create_all_topics(&kafka).await;
+    let producer = producer(&kafka);
+    produce(
+        &producer,
+        &topics.tenants,
+        tenant.id.as_bytes(),
+        None,
+        Some(&tenant.record().encode_to_vec()),
+    )
+    .await;
+    let mut first = spawn_stage(&kafka, "first");
+    let token = tenant.token();
+    let mut expected: HashMap<String, u32> = HashMap::new();
+    let mut second = None;
+    for round in 1..=ROUNDS {
+        let batch: Vec<(Vec<u8>, Vec<u8>)> = (0..MAILBOXES)
+            .map(|i| {
+                let mailbox = format!("user{i}@{}", tenant.id);
+                let count = ((round as usize * 7 + i) % 50) as u32;
+                expected.insert(format!("{}/{mailbox}", tenant.id), count);
+                (
+                    key(&tenant.id, &mailbox),
+                    change(&mailbox, count, round, &token),
+                )
+            })
+            .collect();
+        produce_many(&producer, &topics.mailbox_changes, &batch).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        if round == ROUNDS / 2 {
+            // Make sure the first instance has emitted something, then kill it.
+            wait_for_records(
+                &kafka,
+                &topics.unread_counts,
+                Duration::from_secs(60),
+                |r| !r.is_empty(),
+            )
+            .await;
+            first.kill().expect("SIGKILL");
+            let _ = first.wait();
+            eprintln!("killed the first instance after round {round}");
+            second = Some(spawn_stage(&kafka, "second"));
+        }
+    }
+    let mut second = second.expect("second instance started");
+    let counts = wait_for_records(
+        &kafka,
+        &topics.unread_counts,
+        Duration::from_secs(120),
+        |r| all_final(r, &expected),
+    )
+    .await;
+    assert!(
+        all_final(&counts, &expected),
+        "[{}] a final count was lost",
+        broker.kind
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts = read_topic(&kafka, &topics.unread_counts).await;
+    for (key, values) in counts_by_key(&counts) {
+        let sequences: Vec<u64> = values.iter().map(|v| v.sequence).collect();
+        assert!(
+            sequences.windows(2).all(|w| w[0] <= w[1]),
+            "[{}] {key}: an older count followed a newer one: {sequences:?}",
+            broker.kind
+        );
+        assert_eq!(values.last().map(|v| v.count), expected.get(&key).copied());
+    }
+    // A graceful stop drains, commits and exits 0.
+    let status = Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || second.wait())
+        .await
+        .expect("wait thread")
+        .expect("second instance exit status");
+    assert!(
+        exit.success(),
+        "[{}] graceful stop exits 0, got {exit:?}",
+        broker.kind
+    );
+}
