@@ -86,6 +86,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), StageError> {
     metrics::describe();
+    let tenants_ready = health.flag("tenants");
+    let partitions_ready = health.flag("partitions");
+    health.mark_started();
     let kafka = &args.kafka;
     let topics = kafka.topics();
     ensure_topics(
@@ -106,8 +109,6 @@ pub async fn run(
         "mailbox-changes and unread-counts are co-partitioned"
     );
 
-    let tenants_ready = health.flag("tenants");
-    let partitions_ready = health.flag("partitions");
     let registry = Arc::new(TenantRegistry::new());
     let (follower, refused) = tenants::follow(
         kafka,

@@ -11,7 +11,7 @@ use common::{PARTITIONS, all_final, change, counts_by_key, key};
 use pushrelay_kafka::KafkaArgs;
 use pushrelay_proto::Message;
 use pushrelay_testkit::{
-    TestBroker, TestTenant, create_all_topics, produce, produce_many, producer, read_topic,
+    TestBroker, TestTenant, produce, produce_many, producer, read_topic,
     wait_for_records,
 };
 
@@ -44,6 +44,7 @@ fn spawn_stage(kafka: &KafkaArgs, name: &str) -> Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_no_final_count_and_never_goes_back() {
+    pushrelay_testkit::init_test_logging();
     let tenant = TestTenant::generate("fabrikam.com");
     for broker in TestBroker::all() {
         eprintln!("-- on the {} broker {}", broker.kind, broker.brokers);
@@ -54,7 +55,7 @@ async fn sigkill_mid_stream_loses_no_final_count_and_never_goes_back() {
 async fn scenario(broker: &TestBroker, tenant: &TestTenant) {
     let kafka = broker.kafka_args("crash", PARTITIONS);
     let topics = kafka.topics();
-    create_all_topics(&kafka).await;
+    broker.create_all_topics(&kafka).await;
     let producer = producer(&kafka);
     produce(
         &producer,

@@ -10,7 +10,7 @@ use common::{PARTITIONS, RunningStage, all_final, change, counts_by_key, key, st
 use pushrelay_proto::Message;
 use pushrelay_proto::v1::{DeadLetter, TenantFeedback};
 use pushrelay_testkit::{
-    TestBroker, TestTenant, create_all_topics, produce, produce_many, producer, read_topic,
+    TestBroker, TestTenant, produce, produce_many, producer, read_topic,
     wait_for_records,
 };
 use serde_json::json;
@@ -20,6 +20,7 @@ const BURST: u64 = 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tenants_thousand_mailboxes_end_to_end() {
+    pushrelay_testkit::init_test_logging();
     let fabrikam = TestTenant::generate("fabrikam.com");
     let contoso = TestTenant::generate("contoso.com");
     for broker in TestBroker::all() {
@@ -31,7 +32,7 @@ async fn two_tenants_thousand_mailboxes_end_to_end() {
 async fn scenario(broker: &TestBroker, fabrikam: &TestTenant, contoso: &TestTenant) {
     let kafka = broker.kafka_args("e2e", PARTITIONS);
     let topics = kafka.topics();
-    create_all_topics(&kafka).await;
+    broker.create_all_topics(&kafka).await;
     let producer = producer(&kafka);
     for tenant in [fabrikam, contoso] {
         produce(

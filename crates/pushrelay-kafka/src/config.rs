@@ -137,6 +137,9 @@ impl KafkaArgs {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)
+            // librdkafka wants a group id even for assign(); the reader never joins it
+            // and never commits.
+            .set("group.id", "pushrelay-reader")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")

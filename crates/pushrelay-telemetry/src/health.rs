@@ -5,10 +5,17 @@ use std::sync::{Arc, Mutex};
 ///
 /// Readiness is the conjunction of named flags (for example "tenants caught up",
 /// "partitions restored"); each component registers its own.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Health {
     flags: Arc<Mutex<Vec<(String, Arc<AtomicBool>)>>>,
     failed: Arc<Mutex<Option<String>>>,
+    started: Arc<AtomicBool>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// One named readiness condition.
@@ -30,9 +37,19 @@ impl ReadyFlag {
 }
 
 impl Health {
-    /// A health with no conditions: ready and live.
+    /// A live health that is not ready until [`Health::mark_started`] is called (by the
+    /// component once it has registered its own conditions).
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            flags: Arc::default(),
+            failed: Arc::default(),
+            started: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The component registered its conditions; readiness now depends on them alone.
+    pub fn mark_started(&self) {
+        self.started.store(true, Ordering::Release);
     }
 
     /// Registers a readiness condition, initially not met.
@@ -63,13 +80,18 @@ impl Health {
 
     /// The names of the conditions not met yet (empty when ready).
     pub fn not_ready(&self) -> Vec<String> {
-        self.flags
+        let mut waiting: Vec<String> = self
+            .flags
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .iter()
             .filter(|(_, flag)| !flag.load(Ordering::Acquire))
             .map(|(name, _)| name.clone())
-            .collect()
+            .collect();
+        if !self.started.load(Ordering::Acquire) {
+            waiting.insert(0, "startup".to_owned());
+        }
+        waiting
     }
 
     /// Whether every condition is met and the process is live.
@@ -85,6 +107,8 @@ mod tests {
     #[test]
     fn ready_only_when_every_flag_is_set() {
         let health = Health::new();
+        assert!(!health.is_ready(), "not ready before the component started");
+        health.mark_started();
         assert!(health.is_ready());
         let a = health.flag("tenants");
         let b = health.flag("partitions");

@@ -89,6 +89,23 @@ impl TestBroker {
         ];
         args
     }
+
+    /// Creates every relay topic under the args' prefix: through the admin API on a real
+    /// broker, through the mock cluster's own call on the mock (its brokers do not
+    /// implement CreateTopics).
+    pub async fn create_all_topics(&self, args: &KafkaArgs) {
+        match &self._mock {
+            Some(mock) => {
+                for spec in all_topic_specs(args) {
+                    mock.create_topic(&spec.name, args.bootstrap.partitions, 1)
+                        .expect("mock topic is created");
+                }
+            }
+            None => ensure_topics(args, &all_topic_specs(args))
+                .await
+                .expect("topics are created"),
+        }
+    }
 }
 
 /// A topic prefix no other test (or earlier run) uses.
@@ -106,25 +123,20 @@ pub fn unique_prefix(test: &str) -> String {
     )
 }
 
-/// Creates every relay topic under the args' prefix.
-pub async fn create_all_topics(args: &KafkaArgs) {
+/// Every relay topic under the args' prefix, with its cleanup policy.
+pub fn all_topic_specs(args: &KafkaArgs) -> Vec<TopicSpec> {
     let t = args.topics();
-    ensure_topics(
-        args,
-        &[
-            TopicSpec::plain(&t.mailbox_changes),
-            TopicSpec::compacted(&t.unread_counts),
-            TopicSpec::plain(&t.subscription_changes),
-            TopicSpec::compacted(&t.subscriptions),
-            TopicSpec::compacted(&t.tenants),
-            TopicSpec::plain(&t.push_requests),
-            TopicSpec::plain(&t.delivery_receipts),
-            TopicSpec::plain(&t.dead_letters),
-            TopicSpec::plain(&t.tenant_feedback),
-        ],
-    )
-    .await
-    .expect("topics are created");
+    vec![
+        TopicSpec::plain(&t.mailbox_changes),
+        TopicSpec::compacted(&t.unread_counts),
+        TopicSpec::plain(&t.subscription_changes),
+        TopicSpec::compacted(&t.subscriptions),
+        TopicSpec::compacted(&t.tenants),
+        TopicSpec::plain(&t.push_requests),
+        TopicSpec::plain(&t.delivery_receipts),
+        TopicSpec::plain(&t.dead_letters),
+        TopicSpec::plain(&t.tenant_feedback),
+    ]
 }
 
 /// Seconds since the epoch.
@@ -312,4 +324,14 @@ pub async fn produce_many(producer: &FutureProducer, topic: &str, records: &[(Ve
             .map_err(|(err, _)| err)
             .expect("test record acknowledged");
     }
+}
+
+/// Sends the stages' logs to the test output (`PUSHRELAY_TEST_LOG` sets the filter,
+/// default `warn`). Safe to call from every test.
+pub fn init_test_logging() {
+    let filter = std::env::var("PUSHRELAY_TEST_LOG").unwrap_or_else(|_| "warn".to_owned());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -36,7 +36,7 @@ impl RunningStage {
         let health = Health::new();
         let handle = tokio::spawn(run(args, health.clone(), shutdown.clone()));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while !health.is_ready() || health.not_ready().len() > 0 {
+        while !health.is_ready() {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "stage never became ready"
