@@ -11,8 +11,7 @@ use common::{PARTITIONS, all_final, change, counts_by_key, key};
 use pushrelay_kafka::KafkaArgs;
 use pushrelay_proto::Message;
 use pushrelay_testkit::{
-    TestBroker, TestTenant, produce, produce_many, producer, read_topic,
-    wait_for_records,
+    TestBroker, TestTenant, produce, produce_many, producer, read_topic, wait_for_records,
 };
 
 const MAILBOXES: usize = 200;

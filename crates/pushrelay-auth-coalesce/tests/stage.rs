@@ -10,8 +10,7 @@ use common::{PARTITIONS, RunningStage, all_final, change, counts_by_key, key, st
 use pushrelay_proto::Message;
 use pushrelay_proto::v1::{DeadLetter, TenantFeedback};
 use pushrelay_testkit::{
-    TestBroker, TestTenant, produce, produce_many, producer, read_topic,
-    wait_for_records,
+    TestBroker, TestTenant, produce, produce_many, producer, read_topic, wait_for_records,
 };
 use serde_json::json;
 

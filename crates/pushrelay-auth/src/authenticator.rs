@@ -226,3 +226,8 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
+
+#[cfg(test)]
+pub(crate) fn tests_now_ms() -> i64 {
+    now_ms()
+}

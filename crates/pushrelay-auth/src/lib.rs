@@ -35,3 +35,6 @@ pub use validator::{ValidToken, ValidationConfig, validate_token};
 
 /// The algorithms this relay can verify.
 pub const SUPPORTED_ALGORITHMS: &[&str] = &["RS256", "PS256", "ES256"];
+
+#[cfg(test)]
+mod tests;

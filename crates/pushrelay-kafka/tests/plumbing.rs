@@ -20,7 +20,12 @@ async fn reading_to_the_end_and_following() {
             produce(&producer, &topic, key.as_bytes(), None, Some(b"v")).await;
         }
         let records = read_topic(&args, &topic).await;
-        assert_eq!(records.len(), 10, "[{}] every record read back", broker.kind);
+        assert_eq!(
+            records.len(),
+            10,
+            "[{}] every record read back",
+            broker.kind
+        );
 
         let (tx, rx) = mpsc::channel();
         let follower = TopicFollower::start(&args, &topic, move |event| {
@@ -29,18 +34,30 @@ async fn reading_to_the_end_and_following() {
         .expect("follower starts");
         let mut seen = 0;
         loop {
-            match rx.recv_timeout(Duration::from_secs(30)).expect("follower reports") {
+            match rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("follower reports")
+            {
                 FollowEvent::Record(_) => seen += 1,
                 FollowEvent::CaughtUp => break,
             }
         }
-        assert_eq!(seen, 10, "[{}] caught up after every existing record", broker.kind);
+        assert_eq!(
+            seen, 10,
+            "[{}] caught up after every existing record",
+            broker.kind
+        );
         produce(&producer, &topic, b"later", None, Some(b"v")).await;
-        match rx.recv_timeout(Duration::from_secs(30)).expect("follower keeps following") {
+        match rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("follower keeps following")
+        {
             FollowEvent::Record(record) => assert_eq!(record.key.as_deref(), Some(&b"later"[..])),
             FollowEvent::CaughtUp => panic!("caught up twice"),
         }
-        tokio::task::spawn_blocking(move || follower.stop()).await.expect("stop");
+        tokio::task::spawn_blocking(move || follower.stop())
+            .await
+            .expect("stop");
     }
 }
 
@@ -52,16 +69,22 @@ async fn murmur2_agrees_with_librdkafka_partitioner() {
         broker.create_all_topics(&args).await;
         let topic = args.topics().unread_counts;
         let producer = producer(&args);
-        let keys: Vec<String> = (0..200).map(|i| format!("tenant{}.com/user{i}@x", i % 3)).collect();
+        let keys: Vec<String> = (0..200)
+            .map(|i| format!("tenant{}.com/user{i}@x", i % 3))
+            .collect();
         for key in &keys {
             produce(&producer, &topic, key.as_bytes(), None, Some(b"v")).await;
         }
         let args2 = args.clone();
         let records = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
-            read_to_end(&args2, &topic, &(0..partitions).collect::<Vec<_>>(), Duration::from_secs(30), |r| {
-                out.push(r)
-            })
+            read_to_end(
+                &args2,
+                &topic,
+                &(0..partitions).collect::<Vec<_>>(),
+                Duration::from_secs(30),
+                |r| out.push(r),
+            )
             .expect("read");
             out
         })
