@@ -106,15 +106,15 @@ pub fn rejection_feedback(
     now_ms: i64,
 ) -> TenantFeedback {
     TenantFeedback {
-        tenant: feedback_tenant(rejection.claimed_tenant.as_deref()),
+        tenant: feedback_tenant(rejection.claimed_tenant()),
         kind: FeedbackKind::TokenRejected as i32,
         reason: rejection.reason.code().to_owned(),
         message: rejection.reason.to_string(),
         mailbox: change.mailbox.clone(),
         event_id: change.event_id.clone(),
-        key_id: rejection.key_id.clone().unwrap_or_default(),
-        thumbprint: rejection.thumbprint.clone().unwrap_or_default(),
-        algorithm: rejection.algorithm.clone().unwrap_or_default(),
+        key_id: rejection.facts.key_id.clone().unwrap_or_default(),
+        thumbprint: rejection.facts.thumbprint.clone().unwrap_or_default(),
+        algorithm: rejection.facts.algorithm.clone().unwrap_or_default(),
         device_token: String::new(),
         time_ms: now_ms,
     }
@@ -240,10 +240,12 @@ mod tests {
     fn feedback_never_carries_the_token() {
         let rejection = Rejection {
             reason: pushrelay_auth::Reason::Expired,
-            claimed_tenant: Some("Evil/Tenant".into()),
-            algorithm: Some("RS256".into()),
-            key_id: Some("k1".into()),
-            thumbprint: None,
+            facts: Box::new(pushrelay_auth::TokenFacts {
+                claimed_tenant: Some("Evil/Tenant".into()),
+                algorithm: Some("RS256".into()),
+                key_id: Some("k1".into()),
+                thumbprint: None,
+            }),
         };
         let fb = rejection_feedback(&rejection, &change("a@x"), 9);
         assert_eq!(

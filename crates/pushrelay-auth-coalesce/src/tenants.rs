@@ -37,7 +37,7 @@ pub(crate) fn follow(
                 tracing::warn!(reason = refused.reason, message = %refused.message,
                     "tenant record refused");
                 ::metrics::counter!(metrics::TENANT_RECORDS, "result" => "refused").increment(1);
-                let _ = refused_tx.send(refused);
+                let _ = refused_tx.send(*refused);
             } else {
                 ::metrics::counter!(metrics::TENANT_RECORDS, "result" => "applied").increment(1);
             }
@@ -47,11 +47,13 @@ pub(crate) fn follow(
     Ok((follower, refused_rx))
 }
 
-fn apply(registry: &TenantRegistry, record: Record) -> Result<(), RefusedTenant> {
-    let refuse = |record: Record, reason, message: String| RefusedTenant {
-        record,
-        reason,
-        message,
+fn apply(registry: &TenantRegistry, record: Record) -> Result<(), Box<RefusedTenant>> {
+    let refuse = |record: Record, reason, message: String| {
+        Box::new(RefusedTenant {
+            record,
+            reason,
+            message,
+        })
     };
     let Some(key) = record
         .key

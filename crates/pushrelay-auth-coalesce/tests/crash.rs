@@ -17,7 +17,40 @@ use pushrelay_testkit::{
 const MAILBOXES: usize = 200;
 const ROUNDS: u64 = 30;
 
-fn spawn_stage(kafka: &KafkaArgs, name: &str) -> Child {
+/// A stage process, killed when dropped so a failing test leaves nothing running.
+struct StageProcess(Option<Child>);
+
+impl StageProcess {
+    fn pid(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
+    fn sigkill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            child.kill().expect("SIGKILL");
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let mut child = self.0.take().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        child.wait().expect("exit status")
+    }
+}
+
+impl Drop for StageProcess {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
+
+fn spawn_stage(kafka: &KafkaArgs, name: &str) -> StageProcess {
     let properties: Vec<String> = kafka
         .properties
         .iter()
@@ -38,6 +71,7 @@ fn spawn_stage(kafka: &KafkaArgs, name: &str) -> Child {
         )
         .stdin(Stdio::null())
         .spawn()
+        .map(|child| StageProcess(Some(child)))
         .expect("the stage binary starts")
 }
 
@@ -91,13 +125,12 @@ async fn scenario(broker: &TestBroker, tenant: &TestTenant) {
                 |r| !r.is_empty(),
             )
             .await;
-            first.kill().expect("SIGKILL");
-            let _ = first.wait();
+            first.sigkill();
             eprintln!("killed the first instance after round {round}");
             second = Some(spawn_stage(&kafka, "second"));
         }
     }
-    let mut second = second.expect("second instance started");
+    let second = second.expect("second instance started");
     let counts = wait_for_records(
         &kafka,
         &topics.unread_counts,
@@ -124,15 +157,10 @@ async fn scenario(broker: &TestBroker, tenant: &TestTenant) {
         assert_eq!(values.last().map(|v| v.count), expected.get(&key).copied());
     }
     // A graceful stop drains, commits and exits 0.
-    let status = Command::new("kill")
-        .args(["-TERM", &second.id().to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || second.wait())
+    eprintln!("stopping the second instance (pid {})", second.pid());
+    let exit = tokio::task::spawn_blocking(move || second.terminate())
         .await
-        .expect("wait thread")
-        .expect("second instance exit status");
+        .expect("wait thread");
     assert!(
         exit.success(),
         "[{}] graceful stop exits 0, got {exit:?}",

@@ -29,7 +29,7 @@ pub use credential::{CredentialError, KeyCredential, KeyKind, thumbprint};
 pub use jwks::{JwksConfig, JwksFetcher, parse_jwks};
 pub use mint::{MintError, SigningKey, mint_token};
 pub use registry::{TenantEntry, TenantRegistry, TenantUpdateError, valid_tenant_id};
-pub use rejection::{Reason, Rejection};
+pub use rejection::{Reason, Rejection, TokenFacts};
 pub use token::{TokenHeader, UnverifiedToken};
 pub use validator::{ValidToken, ValidationConfig, validate_token};
 

@@ -99,13 +99,10 @@ impl fmt::Display for Reason {
     }
 }
 
-/// A rejected token: the reason plus what could be read of it, for tenant feedback.
-/// Never holds the signature.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    /// Why.
-    pub reason: Reason,
-    /// The `tid` claim, when readable (unverified).
+/// What could be read of a rejected token's header and claims (unverified).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenFacts {
+    /// The `tid` claim, when readable.
     pub claimed_tenant: Option<String>,
     /// The header's `alg`, when readable.
     pub algorithm: Option<String>,
@@ -115,16 +112,28 @@ pub struct Rejection {
     pub thumbprint: Option<String>,
 }
 
+/// A rejected token: the reason plus what could be read of it, for tenant feedback.
+/// Never holds the signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Why.
+    pub reason: Reason,
+    /// What was readable (boxed: rejections are the cold path and stay small).
+    pub facts: Box<TokenFacts>,
+}
+
 impl Rejection {
     /// A rejection with nothing readable besides the reason.
     pub fn bare(reason: Reason) -> Self {
         Self {
             reason,
-            claimed_tenant: None,
-            algorithm: None,
-            key_id: None,
-            thumbprint: None,
+            facts: Box::default(),
         }
+    }
+
+    /// The `tid` claim, when readable (unverified).
+    pub fn claimed_tenant(&self) -> Option<&str> {
+        self.facts.claimed_tenant.as_deref()
     }
 }
 

@@ -495,9 +495,9 @@ fn rejection_keeps_header_fields_but_never_the_signature() {
     let token = sign(f, "RS256", header_x5t(&f.x5t), &c);
     let parsed = UnverifiedToken::parse(&token).expect("parses");
     let rejection = validate_token(&parsed, &entry(f), &config(), NOW_MS).expect_err("rejected");
-    assert_eq!(rejection.claimed_tenant.as_deref(), Some("fabrikam.com"));
-    assert_eq!(rejection.thumbprint.as_deref(), Some(f.x5t.as_str()));
-    assert_eq!(rejection.algorithm.as_deref(), Some("RS256"));
+    assert_eq!(rejection.claimed_tenant(), Some("fabrikam.com"));
+    assert_eq!(rejection.facts.thumbprint.as_deref(), Some(f.x5t.as_str()));
+    assert_eq!(rejection.facts.algorithm.as_deref(), Some("RS256"));
     let signature = token.rsplit('.').next().expect("signature");
     assert!(!format!("{rejection:?}").contains(signature));
 }
@@ -550,7 +550,7 @@ async fn authenticator_rejects_bad_algorithms_before_looking_up_tenants() {
     );
     let rejected = auth.authenticate(&token).await.expect_err("none");
     assert_eq!(rejected.reason, Reason::AlgorithmNotAllowed("none".into()));
-    assert_eq!(rejected.claimed_tenant.as_deref(), Some("nobody.example"));
+    assert_eq!(rejected.claimed_tenant(), Some("nobody.example"));
 }
 
 #[test]

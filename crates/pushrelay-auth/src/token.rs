@@ -2,7 +2,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
 
-use crate::{Reason, Rejection};
+use crate::{Reason, Rejection, TokenFacts};
 
 /// Largest token accepted, in bytes.
 pub(crate) const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -61,7 +61,7 @@ impl<'a> UnverifiedToken<'a> {
             alg,
         };
         let claims = decode_object(payload, "payload").map_err(|mut rejection| {
-            rejection.algorithm = Some(header.alg.clone());
+            rejection.facts.algorithm = Some(header.alg.clone());
             rejection
         })?;
         let signing_input = &token[..header.len_of_input(token, payload)];
@@ -85,10 +85,12 @@ impl<'a> UnverifiedToken<'a> {
     pub fn reject(&self, reason: Reason) -> Rejection {
         Rejection {
             reason,
-            claimed_tenant: self.tenant().map(str::to_owned),
-            algorithm: Some(self.header.alg.clone()),
-            key_id: self.header.kid.clone(),
-            thumbprint: self.header.x5t.clone(),
+            facts: Box::new(TokenFacts {
+                claimed_tenant: self.tenant().map(str::to_owned),
+                algorithm: Some(self.header.alg.clone()),
+                key_id: self.header.kid.clone(),
+                thumbprint: self.header.x5t.clone(),
+            }),
         }
     }
 }

@@ -165,9 +165,7 @@ fn check_claims(
     let audience_ok = match claims.get("aud") {
         None => return Err(reject(Reason::MissingClaim("aud"))),
         Some(Value::String(aud)) => accepted(aud),
-        Some(Value::Array(auds)) => auds
-            .iter()
-            .any(|a| a.as_str().is_some_and(|aud| accepted(aud))),
+        Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str().is_some_and(&accepted)),
         Some(_) => false,
     };
     if !audience_ok {

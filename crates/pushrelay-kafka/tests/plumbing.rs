@@ -33,14 +33,11 @@ async fn reading_to_the_end_and_following() {
         })
         .expect("follower starts");
         let mut seen = 0;
-        loop {
-            match rx
-                .recv_timeout(Duration::from_secs(30))
-                .expect("follower reports")
-            {
-                FollowEvent::Record(_) => seen += 1,
-                FollowEvent::CaughtUp => break,
-            }
+        while let FollowEvent::Record(_) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("follower reports")
+        {
+            seen += 1;
         }
         assert_eq!(
             seen, 10,

@@ -5,9 +5,12 @@ use std::sync::{Arc, Mutex};
 ///
 /// Readiness is the conjunction of named flags (for example "tenants caught up",
 /// "partitions restored"); each component registers its own.
+/// Named readiness conditions.
+type Flags = Arc<Mutex<Vec<(String, Arc<AtomicBool>)>>>;
+
 #[derive(Debug, Clone)]
 pub struct Health {
-    flags: Arc<Mutex<Vec<(String, Arc<AtomicBool>)>>>,
+    flags: Flags,
     failed: Arc<Mutex<Option<String>>>,
     started: Arc<AtomicBool>,
 }
