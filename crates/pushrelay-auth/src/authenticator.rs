@@ -119,16 +119,8 @@ impl Authenticator {
         now_ms: i64,
     ) -> Result<Authenticated, Rejection> {
         let digest = token_digest(token);
-        if let Some(hit) = self.tokens.get(&digest)
-            && self.still_valid(&hit, now_ms)
-        {
-            metrics::counter!(crate::metrics::TOKENS, "result" => "accepted", "reason" => "cached")
-                .increment(1);
-            return Ok(Authenticated {
-                tenant: Arc::clone(&hit.tenant),
-                expires_at: hit.expires_at,
-                cached: true,
-            });
+        if let Some(hit) = self.cached(&digest, now_ms) {
+            return Ok(hit);
         }
         let result = self.validate(token, now_ms).await;
         match &result {
@@ -144,6 +136,26 @@ impl Authenticator {
         let (entry, authenticated) = result?;
         self.tokens.insert(digest, Arc::new(entry));
         Ok(authenticated)
+    }
+
+    /// The cached answer for `token` as of `now_ms`, if it has one that still holds.
+    /// Synchronous: this is the hot path (a SHA-256, a cache lookup and a registry check).
+    pub fn authenticate_cached(&self, token: &str, now_ms: i64) -> Option<Authenticated> {
+        self.cached(&token_digest(token), now_ms)
+    }
+
+    fn cached(&self, digest: &[u8; 32], now_ms: i64) -> Option<Authenticated> {
+        let hit = self.tokens.get(digest)?;
+        if !self.still_valid(&hit, now_ms) {
+            return None;
+        }
+        metrics::counter!(crate::metrics::TOKENS, "result" => "accepted", "reason" => "cached")
+            .increment(1);
+        Some(Authenticated {
+            tenant: Arc::clone(&hit.tenant),
+            expires_at: hit.expires_at,
+            cached: true,
+        })
     }
 
     fn still_valid(&self, hit: &CachedToken, now_ms: i64) -> bool {

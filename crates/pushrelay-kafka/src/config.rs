@@ -202,6 +202,23 @@ impl Topics {
         }
     }
 
+    /// Every relay topic with its cleanup policy: compacted `unread-counts`,
+    /// `subscriptions` and `tenants`; short `retention` on the token-carrying topics.
+    pub fn specs(&self, retention: Duration) -> Vec<crate::TopicSpec> {
+        use crate::TopicSpec;
+        vec![
+            TopicSpec::with_retention(&self.mailbox_changes, retention),
+            TopicSpec::compacted(&self.unread_counts),
+            TopicSpec::with_retention(&self.subscription_changes, retention),
+            TopicSpec::compacted(&self.subscriptions),
+            TopicSpec::compacted(&self.tenants),
+            TopicSpec::plain(&self.push_requests),
+            TopicSpec::plain(&self.delivery_receipts),
+            TopicSpec::plain(&self.dead_letters),
+            TopicSpec::plain(&self.tenant_feedback),
+        ]
+    }
+
     /// Whether records of `topic` carry bearer tokens (never copied out of it).
     pub fn carries_tokens(&self, topic: &str) -> bool {
         topic == self.mailbox_changes || topic == self.subscription_changes

@@ -125,18 +125,7 @@ pub fn unique_prefix(test: &str) -> String {
 
 /// Every relay topic under the args' prefix, with its cleanup policy.
 pub fn all_topic_specs(args: &KafkaArgs) -> Vec<TopicSpec> {
-    let t = args.topics();
-    vec![
-        TopicSpec::plain(&t.mailbox_changes),
-        TopicSpec::compacted(&t.unread_counts),
-        TopicSpec::plain(&t.subscription_changes),
-        TopicSpec::compacted(&t.subscriptions),
-        TopicSpec::compacted(&t.tenants),
-        TopicSpec::plain(&t.push_requests),
-        TopicSpec::plain(&t.delivery_receipts),
-        TopicSpec::plain(&t.dead_letters),
-        TopicSpec::plain(&t.tenant_feedback),
-    ]
+    args.topics().specs(args.token_topic_retention())
 }
 
 /// Seconds since the epoch.

@@ -1,0 +1,275 @@
+//! `pushrelay`: the relay's stages in one process, for trying it out.
+//!
+//! `pushrelay dev` starts an embedded broker (librdkafka's in-process mock cluster),
+//! registers a demo tenant with a freshly generated certificate, runs the stages that
+//! exist so far (auth-and-coalesce), and feeds them a demo mailbox so the whole path is
+//! visible in the log. `--brokers` runs the same against an external Kafka.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use pushrelay_auth::{KeyCredential, SigningKey, mint_token, thumbprint};
+use pushrelay_auth_coalesce::StageArgs;
+use pushrelay_kafka::{FollowEvent, KafkaArgs, TopicFollower, now_ms};
+use pushrelay_proto::Message;
+use pushrelay_proto::v1::{MailboxChange, Tenant, UnreadCount};
+use pushrelay_telemetry::{Health, LogArgs};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pushrelay",
+    version,
+    about = "The pushrelay push-notification relay"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every stage in one process with a demo tenant (embedded broker by default).
+    Dev(DevArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DevArgs {
+    /// Use this Kafka instead of the embedded broker (comma-separated host:port).
+    #[arg(long, env = "PUSHRELAY_BROKERS")]
+    brokers: Option<String>,
+    /// Address of the admin server (`/metrics`, `/healthz`, `/readyz`).
+    #[arg(long, env = "PUSHRELAY_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
+    admin_addr: std::net::SocketAddr,
+    /// Domain of the demo tenant.
+    #[arg(long, default_value = "fabrikam.example")]
+    tenant: String,
+    /// How often the demo mailbox's unread count changes, milliseconds (0: never).
+    #[arg(long, default_value_t = 2000)]
+    demo_interval_ms: u64,
+}
+
+const DEV_PARTITIONS: i32 = 4;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    pushrelay_telemetry::init_logging(&cli.log).map_err(anyhow::Error::msg)?;
+    match cli.command {
+        Command::Dev(args) => dev(args).await,
+    }
+}
+
+async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let mock = match &args.brokers {
+        Some(_) => None,
+        None => Some(MockCluster::new(1).context("cannot start the embedded broker")?),
+    };
+    let brokers = match &mock {
+        Some(mock) => mock.bootstrap_servers(),
+        None => args.brokers.clone().unwrap_or_default(),
+    };
+    let mut kafka = KafkaArgs::new(&brokers);
+    kafka.bootstrap.partitions = DEV_PARTITIONS;
+    let topics = kafka.topics();
+    match &mock {
+        // The mock brokers do not implement CreateTopics; they have their own call.
+        Some(mock) => {
+            for spec in topics.specs(kafka.token_topic_retention()) {
+                mock.create_topic(&spec.name, DEV_PARTITIONS, 1)
+                    .with_context(|| format!("creating {}", spec.name))?;
+            }
+        }
+        None => {
+            pushrelay_kafka::ensure_topics(&kafka, &topics.specs(kafka.token_topic_retention()))
+                .await
+                .context("creating the relay's topics")?
+        }
+    }
+
+    let demo = DemoTenant::generate(&args.tenant)?;
+    let producer: FutureProducer = kafka.producer_config().create().context("producer")?;
+    send(
+        &producer,
+        &topics.tenants,
+        demo.id.as_bytes(),
+        &demo.record()?.encode_to_vec(),
+    )
+    .await?;
+
+    let shutdown = CancellationToken::new();
+    let health = Health::new();
+    let (admin_addr, admin) = pushrelay_telemetry::serve_admin(
+        args.admin_addr,
+        health.clone(),
+        pushrelay_telemetry::metrics_handle(),
+        shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("cannot bind the admin server to {}", args.admin_addr))?;
+    let mut stage_args = StageArgs::new(kafka.clone());
+    stage_args.group = "pushrelay-dev-auth-coalesce".into();
+    let stage = tokio::spawn(pushrelay_auth_coalesce::run(
+        stage_args,
+        health.clone(),
+        shutdown.clone(),
+    ));
+
+    let follower = TopicFollower::start(&kafka, &topics.unread_counts, |event| {
+        if let FollowEvent::Record(record) = event
+            && let Some(value) = record.payload
+            && let Ok(count) = UnreadCount::decode(value.as_slice())
+        {
+            tracing::info!(
+                tenant = %count.tenant, mailbox = %count.mailbox, count = count.count,
+                sequence = count.sequence, coalesced = count.changes_coalesced,
+                latency_ms = now_ms() - count.last_ingress_time_ms,
+                "unread count emitted"
+            );
+        }
+    })?;
+
+    println!();
+    println!(
+        "pushrelay dev: running on {brokers}{}",
+        if mock.is_some() {
+            " (embedded broker)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  demo tenant     {} (certificate x5t {})",
+        demo.id, demo.x5t
+    );
+    println!(
+        "  stages          auth-coalesce (ingress, fanout and deliver arrive with their issues)"
+    );
+    println!("  admin           http://{admin_addr}/metrics  /healthz  /readyz");
+    println!(
+        "  demo mailbox    alice@{} changes every {} ms; watch the \"unread count emitted\" lines",
+        demo.id, args.demo_interval_ms
+    );
+    println!("  stop            Ctrl-C (drains and commits)");
+    println!();
+
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            pushrelay_telemetry::shutdown_signal().await;
+            tracing::info!("shutdown requested: draining (a second signal exits at once)");
+            shutdown.cancel();
+            pushrelay_telemetry::shutdown_signal().await;
+            std::process::exit(130);
+        });
+    }
+
+    let mailbox = format!("alice@{}", demo.id);
+    // One token for many changes, as a tenant's server does (it lives an hour).
+    let token = demo.token()?;
+    let mut sequence = 0u64;
+    let interval = Duration::from_millis(args.demo_interval_ms.max(1));
+    while !shutdown.is_cancelled() && args.demo_interval_ms > 0 && !stage.is_finished() {
+        sequence += 1;
+        let change = MailboxChange {
+            event_id: format!("demo-{sequence}"),
+            mailbox: mailbox.clone(),
+            unread_count: (sequence % 7) as u32 + 1,
+            sequence,
+            source_time_ms: now_ms(),
+            ingress_time_ms: now_ms(),
+            token: token.clone(),
+        };
+        let key = format!("{}/{mailbox}", demo.id);
+        send(
+            &producer,
+            &topics.mailbox_changes,
+            key.as_bytes(),
+            &change.encode_to_vec(),
+        )
+        .await?;
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+    let result = stage.await.context("stage task")?;
+    shutdown.cancel();
+    let _ = admin.await;
+    tokio::task::spawn_blocking(move || follower.stop())
+        .await
+        .ok();
+    result.context("auth-coalesce stage")
+}
+
+async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &[u8],
+    value: &[u8],
+) -> anyhow::Result<()> {
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(value),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(err, _)| err)
+        .with_context(|| format!("producing to {topic}"))?;
+    Ok(())
+}
+
+struct DemoTenant {
+    id: String,
+    key: SigningKey,
+    certificate_der: Vec<u8>,
+    x5t: String,
+}
+
+impl DemoTenant {
+    fn generate(id: &str) -> anyhow::Result<Self> {
+        let key =
+            rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)?;
+        let cert = rcgen::CertificateParams::new(vec![id.to_owned()])?.self_signed(&key)?;
+        let certificate_der = cert.der().to_vec();
+        Ok(Self {
+            id: id.to_owned(),
+            key: SigningKey::from_pkcs8(&key.serialize_der())?,
+            x5t: thumbprint(&certificate_der),
+            certificate_der,
+        })
+    }
+
+    fn issuer(&self) -> String {
+        format!("00000002-0000-0ff1-ce00-000000000000@{}", self.id)
+    }
+
+    fn record(&self) -> anyhow::Result<Tenant> {
+        Ok(Tenant {
+            id: self.id.clone(),
+            enabled: true,
+            issuer: self.issuer(),
+            audiences: Vec::new(),
+            keys: vec![KeyCredential::from_certificate_der(&self.certificate_der)?.to_proto()],
+            metadata_url: String::new(),
+            updated_time_ms: now_ms(),
+        })
+    }
+
+    fn token(&self) -> anyhow::Result<String> {
+        let now = now_ms() / 1000;
+        let mut header = serde_json::Map::new();
+        header.insert("x5t".into(), json!(self.x5t));
+        let claims = json!({
+            "tid": self.id, "iss": self.issuer(), "aud": "pushrelay",
+            "nbf": now - 60, "exp": now + 3600,
+        });
+        Ok(mint_token(&self.key, "RS256", &header, &claims)?)
+    }
+}
