@@ -43,7 +43,47 @@ async fn scenario(broker: &TestBroker, fabrikam: &TestTenant, contoso: &TestTena
         )
         .await;
     }
+    // Tenant records the registry must refuse: a 1024-bit key, and garbage.
+    let weak = include_bytes!("../../pushrelay-auth/testdata/weak-rsa1024.der");
+    let weak_tenant = pushrelay_proto::v1::Tenant {
+        id: "weak.example".into(),
+        enabled: true,
+        issuer: "weak".into(),
+        keys: vec![pushrelay_proto::v1::KeyCredential {
+            certificate_der: weak.to_vec(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    produce(
+        &producer,
+        &topics.tenants,
+        b"weak.example",
+        None,
+        Some(&weak_tenant.encode_to_vec()),
+    )
+    .await;
+    produce(
+        &producer,
+        &topics.tenants,
+        b"garbage.example",
+        None,
+        Some(&[0xff, 0xff]),
+    )
+    .await;
+    let metrics = pushrelay_telemetry::metrics_handle();
     let stage = RunningStage::start(stage_args(&kafka)).await;
+
+    // A tenant enabled while the stage runs is served without a restart.
+    let late = TestTenant::generate("late.example");
+    produce(
+        &producer,
+        &topics.tenants,
+        late.id.as_bytes(),
+        None,
+        Some(&late.record().encode_to_vec()),
+    )
+    .await;
 
     // 1,000 mailboxes, three changes each, every request's changes under one token.
     let mut expected: HashMap<String, u32> = HashMap::new();
@@ -61,6 +101,15 @@ async fn scenario(broker: &TestBroker, fabrikam: &TestTenant, contoso: &TestTena
                 expected.insert(format!("{}/{mailbox}", tenant.id), count);
             }
         }
+    }
+    let late_token = late.token();
+    for i in 0..10 {
+        let mailbox = format!("user{i}@{}", late.id);
+        records.push((
+            key(&late.id, &mailbox),
+            change(&mailbox, i + 1, 1, &late_token),
+        ));
+        expected.insert(format!("{}/{mailbox}", late.id), i + 1);
     }
     // A burst of changes to one mailbox inside the quiet period.
     let fab_token = fabrikam.token();
@@ -198,8 +247,22 @@ async fn scenario(broker: &TestBroker, fabrikam: &TestTenant, contoso: &TestTena
         broker.kind
     );
     assert!(
-        letters.iter().all(|l| l.original_value.is_empty()),
+        letters
+            .iter()
+            .filter(|l| l.source_topic == topics.mailbox_changes)
+            .all(|l| l.original_value.is_empty()),
         "no token-topic value is copied"
+    );
+    let refused_tenants: HashSet<Vec<u8>> = letters
+        .iter()
+        .filter(|l| l.source_topic == topics.tenants)
+        .map(|l| l.original_key.clone())
+        .collect();
+    assert_eq!(
+        refused_tenants,
+        HashSet::from([b"weak.example".to_vec(), b"garbage.example".to_vec()]),
+        "[{}] refused tenant records are dead-lettered",
+        broker.kind
     );
 
     // Every rejection reached the tenant feedback, with its reason.
@@ -230,5 +293,14 @@ async fn scenario(broker: &TestBroker, fabrikam: &TestTenant, contoso: &TestTena
         "[{}] the cross-tenant write is reported to the tenant that made it",
         broker.kind
     );
+    let rendered = metrics.render();
+    for name in [
+        "pushrelay_auth_coalesce_records_total",
+        "pushrelay_auth_coalesce_emitted_total",
+        "pushrelay_auth_tokens_total",
+        "pushrelay_tenant_registry_tenants",
+    ] {
+        assert!(rendered.contains(name), "/metrics exports {name}");
+    }
     stage.stop().await;
 }
