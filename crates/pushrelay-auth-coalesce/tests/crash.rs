@@ -7,11 +7,11 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{PARTITIONS, all_final, change, counts_by_key, key};
+use common::{PARTITIONS, change, key, settled_counts};
 use pushrelay_kafka::KafkaArgs;
 use pushrelay_proto::Message;
 use pushrelay_testkit::{
-    TestBroker, TestTenant, produce, produce_many, producer, read_topic, wait_for_records,
+    TestBroker, TestTenant, produce, produce_many, producer, wait_for_records,
 };
 
 const MAILBOXES: usize = 200;
@@ -131,23 +131,17 @@ async fn scenario(broker: &TestBroker, tenant: &TestTenant) {
         }
     }
     let second = second.expect("second instance started");
-    let counts = wait_for_records(
+    let by_key = settled_counts(
         &kafka,
-        &topics.unread_counts,
+        &expected,
         Duration::from_secs(120),
-        |r| all_final(r, &expected),
+        Duration::from_millis(500),
+        broker.kind,
     )
     .await;
-    assert!(
-        all_final(&counts, &expected),
-        "[{}] a final count was lost",
-        broker.kind
-    );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let counts = read_topic(&kafka, &topics.unread_counts).await;
     // The restored fence drops every replayed change, so even a repeat of the latest count
-    // (which DESIGN.md allows) does not happen: sequences strictly grow.
-    for (key, values) in counts_by_key(&counts) {
+    // (which the design allows) does not happen: sequences strictly grow.
+    for (key, values) in by_key {
         let sequences: Vec<u64> = values.iter().map(|v| v.sequence).collect();
         assert!(
             sequences.windows(2).all(|w| w[0] < w[1]),

@@ -122,11 +122,7 @@ pub async fn partition_count(args: &KafkaArgs, topic: &str) -> Result<Option<usi
     let config = args.client_config();
     let topic = topic.to_owned();
     blocking(move || {
-        let consumer: BaseConsumer = config.create().map_err(|source| Error::Client {
-            role: "metadata client",
-            source,
-        })?;
-        let metadata = consumer
+        let metadata = metadata_client(&config)?
             .fetch_metadata(Some(&topic), METADATA_TIMEOUT)
             .map_err(|source| Error::request(format!("metadata of {topic}"), source))?;
         Ok(metadata
@@ -165,11 +161,7 @@ pub async fn verify_copartitioned(args: &KafkaArgs, topics: &[&str]) -> Result<u
 async fn existing_topics(args: &KafkaArgs) -> Result<Vec<String>, Error> {
     let config = args.client_config();
     blocking(move || {
-        let consumer: BaseConsumer = config.create().map_err(|source| Error::Client {
-            role: "metadata client",
-            source,
-        })?;
-        let metadata = consumer
+        let metadata = metadata_client(&config)?
             .fetch_metadata(None, METADATA_TIMEOUT)
             .map_err(|source| Error::request("cluster metadata", source))?;
         Ok(metadata
@@ -180,6 +172,13 @@ async fn existing_topics(args: &KafkaArgs) -> Result<Vec<String>, Error> {
             .collect())
     })
     .await
+}
+
+fn metadata_client(config: &rdkafka::ClientConfig) -> Result<BaseConsumer, Error> {
+    config.create().map_err(|source| Error::Client {
+        role: "metadata client",
+        source,
+    })
 }
 
 async fn wait_for_topic(args: &KafkaArgs, topic: &str) -> Result<(), Error> {

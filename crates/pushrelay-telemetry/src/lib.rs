@@ -32,6 +32,17 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Cancels `shutdown` on the first SIGTERM or SIGINT, then resolves on the second one:
+/// a binary spawns `async { cancel_on_signal(token).await; std::process::exit(130) }` so a
+/// second signal stops a drain that takes too long.
+pub async fn cancel_on_signal(shutdown: tokio_util::sync::CancellationToken) {
+    shutdown_signal().await;
+    tracing::info!("shutdown requested: draining (a second signal exits at once)");
+    shutdown.cancel();
+    shutdown_signal().await;
+    tracing::warn!("second signal: exiting without draining");
+}
+
 /// Resolves on the first SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

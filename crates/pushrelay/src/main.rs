@@ -159,16 +159,11 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     println!("  stop            Ctrl-C (drains and commits)");
     println!();
 
-    {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            pushrelay_telemetry::shutdown_signal().await;
-            tracing::info!("shutdown requested: draining (a second signal exits at once)");
-            shutdown.cancel();
-            pushrelay_telemetry::shutdown_signal().await;
-            std::process::exit(130);
-        });
-    }
+    let signals = pushrelay_telemetry::cancel_on_signal(shutdown.clone());
+    tokio::spawn(async move {
+        signals.await;
+        std::process::exit(130);
+    });
 
     let mailbox = format!("alice@{}", demo.id);
     // One token for many changes, as a tenant's server does (it lives an hour).

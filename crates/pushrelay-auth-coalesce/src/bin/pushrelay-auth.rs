@@ -33,16 +33,11 @@ async fn main() -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("cannot bind the admin server to {}", cli.admin.admin_addr))?;
-    {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            pushrelay_telemetry::shutdown_signal().await;
-            tracing::info!("shutdown requested: draining (a second signal exits at once)");
-            shutdown.cancel();
-            pushrelay_telemetry::shutdown_signal().await;
-            std::process::exit(130);
-        });
-    }
+    let signals = pushrelay_telemetry::cancel_on_signal(shutdown.clone());
+    tokio::spawn(async move {
+        signals.await;
+        std::process::exit(130);
+    });
     let result = pushrelay_auth_coalesce::run(cli.stage, health.clone(), shutdown.clone()).await;
     if let Err(err) = &result {
         health.fail(err.to_string());

@@ -92,6 +92,28 @@ pub fn counts_by_key(records: &[Record]) -> HashMap<String, Vec<UnreadCount>> {
     out
 }
 
+/// Waits until every expected key's last count is the expected one (fails the test after
+/// `timeout`), then `settle` more for anything that should not come, and returns the
+/// counts by key.
+pub async fn settled_counts(
+    kafka: &KafkaArgs,
+    expected: &HashMap<String, u32>,
+    timeout: Duration,
+    settle: Duration,
+    broker: &str,
+) -> HashMap<String, Vec<UnreadCount>> {
+    let topic = kafka.topics().unread_counts;
+    let counts =
+        pushrelay_testkit::wait_for_records(kafka, &topic, timeout, |r| all_final(r, expected))
+            .await;
+    assert!(
+        all_final(&counts, expected),
+        "[{broker}] not every mailbox reached its last count"
+    );
+    tokio::time::sleep(settle).await;
+    counts_by_key(&pushrelay_testkit::read_topic(kafka, &topic).await)
+}
+
 /// Whether every expected key's last count is the expected one.
 pub fn all_final(records: &[Record], expected: &HashMap<String, u32>) -> bool {
     let by_key = counts_by_key(records);
