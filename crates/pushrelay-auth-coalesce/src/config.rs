@@ -82,6 +82,14 @@ pub struct StageArgs {
     )]
     pub max_tracked_mailboxes: usize,
 
+    /// Longest life of a subscription (and the default when a request names none), days.
+    #[arg(
+        long,
+        env = "PUSHRELAY_SUBSCRIPTION_LIFETIME_DAYS",
+        default_value_t = 30
+    )]
+    pub subscription_lifetime_days: u64,
+
     /// Records buffered between the Kafka poll thread and the stage.
     #[arg(long, env = "PUSHRELAY_EVENT_BUFFER", default_value_t = 4096)]
     pub event_buffer: usize,
@@ -113,6 +121,7 @@ impl StageArgs {
             max_delay_ms: 1000,
             idle_ttl_secs: 3600,
             max_tracked_mailboxes: 2_000_000,
+            subscription_lifetime_days: 30,
             event_buffer: 4096,
             drain_timeout_secs: 5,
             restore_timeout_secs: 120,

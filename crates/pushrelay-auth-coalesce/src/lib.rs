@@ -2,7 +2,9 @@
 //!
 //! Consumes `pushrelay.mailbox-changes`, authenticates each change's S2S token against
 //! the tenant registry (followed from `pushrelay.tenants`), debounces counts per mailbox
-//! and produces `pushrelay.unread-counts`. Rejected tokens go to
+//! and produces `pushrelay.unread-counts`. It also consumes
+//! `pushrelay.subscription-changes` and writes authenticated subscriptions (or tombstones)
+//! to the compacted `pushrelay.subscriptions`, so all token validation lives here. Rejected tokens go to
 //! `pushrelay.tenant-feedback`, undecodable or invalid records to `pushrelay.dead-letters`.
 //!
 //! Layout: [`config`] (flags), [`request`] (pure: decode, check and build records),

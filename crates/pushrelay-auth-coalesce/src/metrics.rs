@@ -7,6 +7,7 @@ pub(crate) const TRACKED: &str = "pushrelay_auth_coalesce_tracked_mailboxes";
 pub(crate) const PENDING: &str = "pushrelay_auth_coalesce_pending_mailboxes";
 pub(crate) const OUTSTANDING: &str = "pushrelay_auth_coalesce_outstanding_records";
 pub(crate) const RESTORED: &str = "pushrelay_auth_coalesce_restored_fences_total";
+pub(crate) const SUBSCRIPTIONS: &str = "pushrelay_auth_coalesce_subscriptions_total";
 pub(crate) const TENANT_RECORDS: &str = "pushrelay_tenant_registry_records_total";
 pub(crate) const TENANTS: &str = "pushrelay_tenant_registry_tenants";
 
@@ -28,6 +29,10 @@ pub(crate) fn describe() {
     metrics::describe_gauge!(
         OUTSTANDING,
         "Input records whose outputs are not acknowledged"
+    );
+    metrics::describe_counter!(
+        SUBSCRIPTIONS,
+        "Authenticated subscription changes written, by action"
     );
     metrics::describe_counter!(RESTORED, "Mailbox fences restored from unread-counts");
     metrics::describe_counter!(TENANT_RECORDS, "Tenant registry records, by result");

@@ -5,10 +5,27 @@ use pushrelay_auth::Rejection;
 use pushrelay_coalesce::{Change, Emission, mailbox_key};
 use pushrelay_kafka::{Record, murmur2_partition};
 use pushrelay_proto::Message;
-use pushrelay_proto::v1::{FeedbackKind, MailboxChange, TenantFeedback, UnreadCount};
+use pushrelay_proto::v1::{
+    FeedbackKind, MailboxChange, Platform, Subscription, SubscriptionAction, SubscriptionChange,
+    TenantFeedback, UnreadCount,
+};
 
 /// Longest mailbox address accepted (RFC 5321 path limit).
 pub const MAX_MAILBOX_LEN: usize = 320;
+
+/// Longest device token accepted.
+pub const MAX_DEVICE_TOKEN_LEN: usize = 4096;
+
+/// What a record's token speaks for: the fields feedback names.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// The bearer token.
+    pub token: &'a str,
+    /// The mailbox concerned.
+    pub mailbox: &'a str,
+    /// The event id.
+    pub event_id: &'a str,
+}
 
 /// Why an input record cannot be processed at all (it goes to the dead letters).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,7 +119,8 @@ pub fn to_change(record: &Record, tenant: &str, change: MailboxChange) -> Change
 /// The feedback record of a rejected token. Carries header fields, never the signature.
 pub fn rejection_feedback(
     rejection: &Rejection,
-    change: &MailboxChange,
+    mailbox: &str,
+    event_id: &str,
     now_ms: i64,
 ) -> TenantFeedback {
     TenantFeedback {
@@ -110,8 +128,8 @@ pub fn rejection_feedback(
         kind: FeedbackKind::TokenRejected as i32,
         reason: rejection.reason.code().to_owned(),
         message: rejection.reason.to_string(),
-        mailbox: change.mailbox.clone(),
-        event_id: change.event_id.clone(),
+        mailbox: mailbox.to_owned(),
+        event_id: event_id.to_owned(),
         key_id: rejection.facts.key_id.clone().unwrap_or_default(),
         thumbprint: rejection.facts.thumbprint.clone().unwrap_or_default(),
         algorithm: rejection.facts.algorithm.clone().unwrap_or_default(),
@@ -124,7 +142,8 @@ pub fn rejection_feedback(
 pub fn placement_feedback(
     tenant: &str,
     invalid: &Invalid,
-    change: &MailboxChange,
+    mailbox: &str,
+    event_id: &str,
     now_ms: i64,
 ) -> TenantFeedback {
     TenantFeedback {
@@ -132,13 +151,114 @@ pub fn placement_feedback(
         kind: FeedbackKind::TokenRejected as i32,
         reason: invalid.reason.to_owned(),
         message: invalid.message.clone(),
-        mailbox: change.mailbox.clone(),
-        event_id: change.event_id.clone(),
+        mailbox: mailbox.to_owned(),
+        event_id: event_id.to_owned(),
         key_id: String::new(),
         thumbprint: String::new(),
         algorithm: String::new(),
         device_token: String::new(),
         time_ms: now_ms,
+    }
+}
+
+/// Decodes a `SubscriptionChange` and checks what can be checked without the token.
+pub fn decode_subscription_change(record: &Record) -> Result<SubscriptionChange, Invalid> {
+    let Some(payload) = record.payload.as_deref() else {
+        return Err(Invalid::new("undecodable", "empty (tombstone) value"));
+    };
+    let change = SubscriptionChange::decode(payload)
+        .map_err(|err| Invalid::new("undecodable", format!("not a SubscriptionChange: {err}")))?;
+    if change.mailbox.is_empty() || change.mailbox.len() > MAX_MAILBOX_LEN {
+        return Err(Invalid::new("invalid_record", "empty or overlong mailbox"));
+    }
+    if change.device_token.is_empty() || change.device_token.len() > MAX_DEVICE_TOKEN_LEN {
+        return Err(Invalid::new(
+            "invalid_record",
+            "empty or overlong device token",
+        ));
+    }
+    if platform_name(change.platform).is_none() {
+        return Err(Invalid::new("invalid_record", "unknown platform"));
+    }
+    if !matches!(
+        SubscriptionAction::try_from(change.action),
+        Ok(SubscriptionAction::Subscribe | SubscriptionAction::Unsubscribe)
+    ) {
+        return Err(Invalid::new("invalid_record", "unknown action"));
+    }
+    if change.token.is_empty() {
+        return Err(Invalid::new("invalid_record", "no token"));
+    }
+    Ok(change)
+}
+
+/// The lower-case name of a platform, as keys spell it.
+pub fn platform_name(platform: i32) -> Option<&'static str> {
+    match Platform::try_from(platform) {
+        Ok(Platform::Apns) => Some("apns"),
+        Ok(Platform::Fcm) => Some("fcm"),
+        Ok(Platform::Probe) => Some("probe"),
+        _ => None,
+    }
+}
+
+/// What an accepted subscription change writes to the compacted `subscriptions` topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionOutput {
+    /// `{tenant}/{mailbox}/{platform}/{device}`.
+    pub key: String,
+    /// `{tenant}/{mailbox}`: the partition is the one of this key.
+    pub partition_key: String,
+    /// The subscription, or `None` (a tombstone) to unsubscribe.
+    pub value: Option<Vec<u8>>,
+    /// `subscribe` or `unsubscribe`, for metrics.
+    pub action: &'static str,
+}
+
+/// Builds the subscription record (or tombstone) of an accepted change. A requested expiry
+/// is honoured up to `max_lifetime`; none means `max_lifetime` from now.
+pub fn subscription_output(
+    tenant: &str,
+    change: &SubscriptionChange,
+    max_lifetime: std::time::Duration,
+    now_ms: i64,
+) -> SubscriptionOutput {
+    let platform = platform_name(change.platform).unwrap_or("unknown");
+    let partition_key = mailbox_key(tenant, &change.mailbox);
+    let key = format!("{partition_key}/{platform}/{}", change.device_token);
+    if change.action == SubscriptionAction::Unsubscribe as i32 {
+        return SubscriptionOutput {
+            key,
+            partition_key,
+            value: None,
+            action: "unsubscribe",
+        };
+    }
+    let latest = now_ms.saturating_add(max_lifetime.as_millis() as i64);
+    let expires = if change.expires_time_ms > now_ms {
+        change.expires_time_ms.min(latest)
+    } else {
+        latest
+    };
+    let subscription = Subscription {
+        tenant: tenant.to_owned(),
+        mailbox: change.mailbox.clone(),
+        platform: change.platform,
+        device_token: change.device_token.clone(),
+        app_id: change.app_id.clone(),
+        environment: change.environment,
+        created_time_ms: if change.ingress_time_ms > 0 {
+            change.ingress_time_ms
+        } else {
+            now_ms
+        },
+        expires_time_ms: expires,
+    };
+    SubscriptionOutput {
+        key,
+        partition_key,
+        value: Some(subscription.encode_to_vec()),
+        action: "subscribe",
     }
 }
 
@@ -237,6 +357,48 @@ mod tests {
     }
 
     #[test]
+    fn subscriptions_are_keyed_by_device_and_partitioned_by_mailbox() {
+        let change = SubscriptionChange {
+            event_id: "e".into(),
+            action: SubscriptionAction::Subscribe as i32,
+            mailbox: "a@x".into(),
+            platform: Platform::Apns as i32,
+            device_token: "d1".into(),
+            app_id: "com.example".into(),
+            environment: 1,
+            expires_time_ms: 0,
+            ingress_time_ms: 5,
+            token: "t.o.k".into(),
+        };
+        let day = std::time::Duration::from_secs(86_400);
+        let out = subscription_output("fabrikam.com", &change, day, 1_000);
+        assert_eq!(out.key, "fabrikam.com/a@x/apns/d1");
+        assert_eq!(out.partition_key, "fabrikam.com/a@x");
+        let sub = Subscription::decode(out.value.as_deref().expect("value")).expect("decodes");
+        assert_eq!(sub.expires_time_ms, 1_000 + 86_400_000);
+        assert_eq!(sub.created_time_ms, 5);
+        let long = SubscriptionChange {
+            expires_time_ms: i64::MAX,
+            ..change.clone()
+        };
+        let out = subscription_output("fabrikam.com", &long, day, 1_000);
+        let sub = Subscription::decode(out.value.as_deref().expect("value")).expect("decodes");
+        assert_eq!(
+            sub.expires_time_ms,
+            1_000 + 86_400_000,
+            "capped at the maximum lifetime"
+        );
+        let gone = SubscriptionChange {
+            action: SubscriptionAction::Unsubscribe as i32,
+            ..change
+        };
+        assert_eq!(
+            subscription_output("fabrikam.com", &gone, day, 1_000).value,
+            None
+        );
+    }
+
+    #[test]
     fn feedback_never_carries_the_token() {
         let rejection = Rejection {
             reason: pushrelay_auth::Reason::Expired,
@@ -247,7 +409,8 @@ mod tests {
                 thumbprint: None,
             }),
         };
-        let fb = rejection_feedback(&rejection, &change("a@x"), 9);
+        let c = change("a@x");
+        let fb = rejection_feedback(&rejection, &c.mailbox, &c.event_id, 9);
         assert_eq!(
             fb.tenant, "-",
             "an unusable claimed tenant is not used as a key"

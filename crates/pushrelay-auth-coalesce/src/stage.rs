@@ -8,7 +8,8 @@ use pushrelay_auth::{Authenticator, TenantRegistry};
 use pushrelay_coalesce::{Coalescer, Flush, Offer};
 use pushrelay_kafka::{
     Ack, AckProducer, GroupConsumer, KafkaEvent, OffsetTracker, Record, RevokeAck, TopicPartition,
-    TopicSpec, Topics, dead_letter, ensure_topics, now_ms, read_to_end, verify_copartitioned,
+    TopicSpec, Topics, dead_letter, ensure_topics, murmur2_partition, now_ms, partition_count,
+    read_to_end, verify_copartitioned,
 };
 use pushrelay_proto::Message;
 use pushrelay_proto::v1::UnreadCount;
@@ -18,8 +19,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::request::{
-    Invalid, check_placement, decode_change, placement_feedback, rejection_feedback, to_change,
-    unread_count,
+    Invalid, Subject, check_placement, decode_change, decode_subscription_change,
+    placement_feedback, rejection_feedback, subscription_output, to_change, unread_count,
 };
 use crate::tenants::{self, RefusedTenant};
 use crate::{STAGE, StageArgs, metrics};
@@ -53,17 +54,33 @@ pub enum StageError {
     ConsumerStopped,
 }
 
+/// Which input topic a record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    MailboxChanges,
+    SubscriptionChanges,
+}
+
+/// An input record's place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Input {
+    source: Source,
+    partition: i32,
+    offset: i64,
+}
+
 /// What an output record derives from, carried through the producer to its ack.
 #[derive(Debug, Clone, Copy)]
 struct Tag {
-    /// Input partition and offset, or `None` for outputs with no input offset.
-    input: Option<(i32, i64)>,
+    /// The input, or `None` for outputs with no input offset.
+    input: Option<Input>,
     output: Output,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Output {
     UnreadCount,
+    Subscription,
     Feedback,
     DeadLetter,
 }
@@ -72,6 +89,7 @@ impl Output {
     fn topic(self, topics: &Topics) -> &str {
         match self {
             Self::UnreadCount => &topics.unread_counts,
+            Self::Subscription => &topics.subscriptions,
             Self::Feedback => &topics.tenant_feedback,
             Self::DeadLetter => &topics.dead_letters,
         }
@@ -96,17 +114,29 @@ pub async fn run(
         &[
             TopicSpec::with_retention(&topics.mailbox_changes, kafka.token_topic_retention()),
             TopicSpec::compacted(&topics.unread_counts),
+            TopicSpec::with_retention(&topics.subscription_changes, kafka.token_topic_retention()),
+            TopicSpec::compacted(&topics.subscriptions),
             TopicSpec::compacted(&topics.tenants),
             TopicSpec::plain(&topics.tenant_feedback),
             TopicSpec::plain(&topics.dead_letters),
         ],
     )
     .await?;
-    let partitions =
-        verify_copartitioned(kafka, &[&topics.mailbox_changes, &topics.unread_counts]).await?;
+    let partitions = verify_copartitioned(
+        kafka,
+        &[
+            &topics.mailbox_changes,
+            &topics.unread_counts,
+            &topics.subscriptions,
+        ],
+    )
+    .await?;
+    let subscription_change_partitions = partition_count(kafka, &topics.subscription_changes)
+        .await?
+        .ok_or_else(|| pushrelay_kafka::Error::MissingTopic(topics.subscription_changes.clone()))?;
     tracing::info!(
         partitions,
-        "mailbox-changes and unread-counts are co-partitioned"
+        "mailbox-changes, unread-counts and subscriptions are co-partitioned"
     );
 
     let registry = Arc::new(TenantRegistry::new());
@@ -125,7 +155,7 @@ pub async fn run(
         let (consumer, events) = GroupConsumer::start(
             kafka,
             &args.group,
-            &[&topics.mailbox_changes],
+            &[&topics.mailbox_changes, &topics.subscription_changes],
             args.event_buffer,
             Duration::from_secs(args.drain_timeout_secs + 5),
         )?;
@@ -133,8 +163,10 @@ pub async fn run(
         let mut stage = Stage {
             authenticator: Authenticator::new(registry, args.auth_config()),
             coalescer: Coalescer::new(args.coalesce_config()),
-            tracker: OffsetTracker::new(),
+            changes_offsets: OffsetTracker::new(),
+            subscription_offsets: OffsetTracker::new(),
             partitions,
+            subscription_change_partitions,
             topics: topics.clone(),
             producer,
             acks,
@@ -179,7 +211,9 @@ struct Stage {
     partitions: usize,
     authenticator: Authenticator,
     coalescer: Coalescer,
-    tracker: OffsetTracker,
+    changes_offsets: OffsetTracker,
+    subscription_offsets: OffsetTracker,
+    subscription_change_partitions: usize,
     producer: AckProducer<Tag>,
     acks: mpsc::UnboundedReceiver<Ack<Tag>>,
     consumer: GroupConsumer,
@@ -241,61 +275,125 @@ impl Stage {
         }
     }
 
+    fn offsets(&mut self, source: Source) -> &mut OffsetTracker {
+        match source {
+            Source::MailboxChanges => &mut self.changes_offsets,
+            Source::SubscriptionChanges => &mut self.subscription_offsets,
+        }
+    }
+
+    fn source_of(&self, topic: &str) -> Option<Source> {
+        if topic == self.topics.mailbox_changes {
+            Some(Source::MailboxChanges)
+        } else if topic == self.topics.subscription_changes {
+            Some(Source::SubscriptionChanges)
+        } else {
+            None
+        }
+    }
+
+    fn topic_of(&self, source: Source) -> &str {
+        match source {
+            Source::MailboxChanges => &self.topics.mailbox_changes,
+            Source::SubscriptionChanges => &self.topics.subscription_changes,
+        }
+    }
+
     async fn on_record(&mut self, record: Record) -> Result<(), StageError> {
-        let (partition, offset) = (record.partition, record.offset);
-        self.tracker.begin(partition, offset);
-        let change = match decode_change(&record) {
-            Ok(change) => change,
-            Err(invalid) => return self.dead_letter(&record, invalid).await,
+        let Some(source) = self.source_of(&record.topic) else {
+            tracing::warn!(topic = %record.topic, "record from a topic the stage does not read");
+            return Ok(());
         };
-        let authenticated = match self.authenticator.authenticate(&change.token).await {
+        let input = Input {
+            source,
+            partition: record.partition,
+            offset: record.offset,
+        };
+        self.offsets(source).begin(record.partition, record.offset);
+        match source {
+            Source::MailboxChanges => self.on_mailbox_change(record, input).await,
+            Source::SubscriptionChanges => self.on_subscription_change(record, input).await,
+        }
+    }
+
+    /// Authenticates a record's token and checks its placement. On refusal it writes the
+    /// tenant feedback (or dead letter) and returns `None`.
+    async fn admit(
+        &mut self,
+        record: &Record,
+        input: Input,
+        subject: Subject<'_>,
+        partitions: usize,
+    ) -> Result<Option<Arc<str>>, StageError> {
+        let authenticated = match self.authenticator.authenticate(subject.token).await {
             Ok(authenticated) => authenticated,
             Err(rejection) => {
                 ::metrics::counter!(metrics::RECORDS, "outcome" => "rejected").increment(1);
                 tracing::debug!(
                     reason = rejection.reason.code(),
-                    partition,
-                    offset,
+                    partition = input.partition,
+                    offset = input.offset,
                     "token rejected"
                 );
-                let feedback = rejection_feedback(&rejection, &change, now_ms());
+                let feedback =
+                    rejection_feedback(&rejection, subject.mailbox, subject.event_id, now_ms());
                 let key = feedback.tenant.clone();
-                return self
-                    .send(
-                        Output::Feedback,
-                        None,
-                        key.as_bytes(),
-                        &feedback.encode_to_vec(),
-                        Some((partition, offset)),
-                    )
-                    .await;
-            }
-        };
-        if let Err(invalid) = check_placement(
-            &record,
-            &authenticated.tenant,
-            &change.mailbox,
-            self.partitions,
-        ) {
-            if invalid.reason == "misrouted" {
-                return self.dead_letter(&record, invalid).await;
-            }
-            ::metrics::counter!(metrics::RECORDS, "outcome" => "rejected").increment(1);
-            let feedback = placement_feedback(&authenticated.tenant, &invalid, &change, now_ms());
-            return self
-                .send(
+                self.send(
                     Output::Feedback,
                     None,
-                    authenticated.tenant.as_bytes(),
-                    &feedback.encode_to_vec(),
-                    Some((partition, offset)),
+                    key.as_bytes(),
+                    Some(&feedback.encode_to_vec()),
+                    Some(input),
                 )
-                .await;
+                .await?;
+                return Ok(None);
+            }
+        };
+        if let Err(invalid) =
+            check_placement(record, &authenticated.tenant, subject.mailbox, partitions)
+        {
+            if invalid.reason == "misrouted" {
+                self.dead_letter(record, input, invalid).await?;
+                return Ok(None);
+            }
+            ::metrics::counter!(metrics::RECORDS, "outcome" => "rejected").increment(1);
+            let feedback = placement_feedback(
+                &authenticated.tenant,
+                &invalid,
+                subject.mailbox,
+                subject.event_id,
+                now_ms(),
+            );
+            self.send(
+                Output::Feedback,
+                None,
+                authenticated.tenant.as_bytes(),
+                Some(&feedback.encode_to_vec()),
+                Some(input),
+            )
+            .await?;
+            return Ok(None);
         }
+        Ok(Some(authenticated.tenant))
+    }
+
+    async fn on_mailbox_change(&mut self, record: Record, input: Input) -> Result<(), StageError> {
+        let change = match decode_change(&record) {
+            Ok(change) => change,
+            Err(invalid) => return self.dead_letter(&record, input, invalid).await,
+        };
+        let subject = Subject {
+            token: &change.token,
+            mailbox: &change.mailbox,
+            event_id: &change.event_id,
+        };
+        let Some(tenant) = self.admit(&record, input, subject, self.partitions).await? else {
+            return Ok(());
+        };
         let now = Instant::now().into_std();
         let offer = self
             .coalescer
-            .offer(to_change(&record, &authenticated.tenant, change), now);
+            .offer(to_change(&record, &tenant, change), now);
         let outcome = match offer {
             Offer::Pending => "pending",
             Offer::Merged => "merged",
@@ -303,13 +401,52 @@ impl Stage {
         };
         ::metrics::counter!(metrics::RECORDS, "outcome" => outcome).increment(1);
         if offer != Offer::Pending {
-            self.tracker.finish(partition, offset);
+            self.changes_offsets.finish(input.partition, input.offset);
         }
         Ok(())
     }
 
+    async fn on_subscription_change(
+        &mut self,
+        record: Record,
+        input: Input,
+    ) -> Result<(), StageError> {
+        let change = match decode_subscription_change(&record) {
+            Ok(change) => change,
+            Err(invalid) => return self.dead_letter(&record, input, invalid).await,
+        };
+        let subject = Subject {
+            token: &change.token,
+            mailbox: &change.mailbox,
+            event_id: &change.event_id,
+        };
+        let partitions = self.subscription_change_partitions;
+        let Some(tenant) = self.admit(&record, input, subject, partitions).await? else {
+            return Ok(());
+        };
+        let lifetime = Duration::from_secs(self.args.subscription_lifetime_days * 86_400);
+        let output = subscription_output(&tenant, &change, lifetime, now_ms());
+        let partition = murmur2_partition(output.partition_key.as_bytes(), self.partitions);
+        ::metrics::counter!(metrics::SUBSCRIPTIONS, "action" => output.action).increment(1);
+        self.send(
+            Output::Subscription,
+            Some(partition),
+            output.key.as_bytes(),
+            output.value.as_deref(),
+            Some(input),
+        )
+        .await
+    }
+
     async fn on_assigned(&mut self, partitions: Vec<TopicPartition>) -> Result<(), StageError> {
-        let numbers: Vec<i32> = partitions.iter().map(|tp| tp.partition).collect();
+        let numbers: Vec<i32> = partitions
+            .iter()
+            .filter(|tp| *tp.topic == *self.topics.mailbox_changes)
+            .map(|tp| tp.partition)
+            .collect();
+        if numbers.is_empty() {
+            return Ok(());
+        }
         self.partitions_ready.set(false);
         let started = Instant::now();
         let args = self.args.kafka.clone();
@@ -361,26 +498,41 @@ impl Stage {
         partitions: Vec<TopicPartition>,
         done: RevokeAck,
     ) -> Result<(), StageError> {
-        let numbers: Vec<i32> = partitions.iter().map(|tp| tp.partition).collect();
-        for &partition in &numbers {
-            let flushes = self.coalescer.revoke(partition);
-            self.send_flushes(flushes).await?;
+        let revoked: Vec<(Source, i32)> = partitions
+            .iter()
+            .filter_map(|tp| {
+                self.source_of(&tp.topic)
+                    .map(|source| (source, tp.partition))
+            })
+            .collect();
+        for &(source, partition) in &revoked {
+            if source == Source::MailboxChanges {
+                let flushes = self.coalescer.revoke(partition);
+                self.send_flushes(flushes).await?;
+            }
         }
         let drained = self
-            .wait_for_acks(|tracker| numbers.iter().all(|p| tracker.outstanding(*p) == 0))
+            .wait_for_acks(|stage| {
+                revoked.iter().all(|(source, p)| match source {
+                    Source::MailboxChanges => stage.changes_offsets.outstanding(*p) == 0,
+                    Source::SubscriptionChanges => stage.subscription_offsets.outstanding(*p) == 0,
+                })
+            })
             .await?;
         if !drained {
-            tracing::warn!(partitions = ?numbers,
+            tracing::warn!(partitions = ?revoked,
                 "in-flight outputs not acknowledged before the drain timeout; their inputs will be redone");
         }
-        let offsets: Vec<(i32, i64)> = numbers
-            .iter()
-            .filter_map(|p| self.tracker.take_committable(*p).map(|o| (*p, o)))
-            .collect();
-        self.consumer
-            .store_offsets(&self.topics.mailbox_changes, &offsets);
-        for partition in &numbers {
-            self.tracker.remove(*partition);
+        for source in [Source::MailboxChanges, Source::SubscriptionChanges] {
+            let offsets: Vec<(i32, i64)> = revoked
+                .iter()
+                .filter(|(s, _)| *s == source)
+                .filter_map(|(_, p)| self.offsets(source).take_committable(*p).map(|o| (*p, o)))
+                .collect();
+            self.consumer.store_offsets(self.topic_of(source), &offsets);
+            for (_, partition) in revoked.iter().filter(|(s, _)| *s == source) {
+                self.offsets(source).remove(*partition);
+            }
         }
         done.done();
         Ok(())
@@ -388,12 +540,9 @@ impl Stage {
 
     /// Processes acks until `settled` holds or the drain timeout passes; returns whether
     /// it settled.
-    async fn wait_for_acks(
-        &mut self,
-        settled: impl Fn(&OffsetTracker) -> bool,
-    ) -> Result<bool, StageError> {
+    async fn wait_for_acks(&mut self, settled: impl Fn(&Self) -> bool) -> Result<bool, StageError> {
         let deadline = Instant::now() + Duration::from_secs(self.args.drain_timeout_secs);
-        while !settled(&self.tracker) {
+        while !settled(self) {
             tokio::select! {
                 ack = self.acks.recv() => match ack {
                     Some(ack) => self.on_ack(ack)?,
@@ -408,8 +557,9 @@ impl Stage {
     fn on_ack(&mut self, ack: Ack<Tag>) -> Result<(), StageError> {
         match ack.result {
             Ok(_) => {
-                if let Some((partition, offset)) = ack.tag.input {
-                    self.tracker.finish(partition, offset);
+                if let Some(input) = ack.tag.input {
+                    self.offsets(input.source)
+                        .finish(input.partition, input.offset);
                 }
                 Ok(())
             }
@@ -438,21 +588,30 @@ impl Stage {
                         Output::UnreadCount,
                         Some(emission.partition),
                         emission.key().as_bytes(),
-                        &record.encode_to_vec(),
-                        Some((emission.partition, emission.offset)),
+                        Some(&record.encode_to_vec()),
+                        Some(Input {
+                            source: Source::MailboxChanges,
+                            partition: emission.partition,
+                            offset: emission.offset,
+                        }),
                     )
                     .await?;
                 }
                 Flush::Unchanged { partition, offset } => {
                     ::metrics::counter!(metrics::EMITTED, "kind" => "unchanged").increment(1);
-                    self.tracker.finish(partition, offset);
+                    self.changes_offsets.finish(partition, offset);
                 }
             }
         }
         Ok(())
     }
 
-    async fn dead_letter(&mut self, record: &Record, invalid: Invalid) -> Result<(), StageError> {
+    async fn dead_letter(
+        &mut self,
+        record: &Record,
+        input: Input,
+        invalid: Invalid,
+    ) -> Result<(), StageError> {
         ::metrics::counter!(metrics::RECORDS, "outcome" => "dead_lettered").increment(1);
         tracing::warn!(partition = record.partition, offset = record.offset,
             reason = invalid.reason, message = %invalid.message, "dead-lettering input record");
@@ -469,8 +628,8 @@ impl Stage {
             Output::DeadLetter,
             None,
             &key,
-            &letter.encode_to_vec(),
-            Some((record.partition, record.offset)),
+            Some(&letter.encode_to_vec()),
+            Some(input),
         )
         .await
     }
@@ -488,7 +647,7 @@ impl Stage {
             Output::DeadLetter,
             None,
             &key,
-            &letter.encode_to_vec(),
+            Some(&letter.encode_to_vec()),
             None,
         )
         .await
@@ -499,25 +658,35 @@ impl Stage {
         output: Output,
         partition: Option<i32>,
         key: &[u8],
-        payload: &[u8],
-        input: Option<(i32, i64)>,
+        payload: Option<&[u8]>,
+        input: Option<Input>,
     ) -> Result<(), StageError> {
         let topic = output.topic(&self.topics).to_owned();
         self.producer
-            .send(&topic, partition, key, Some(payload), Tag { input, output })
+            .send(&topic, partition, key, payload, Tag { input, output })
             .await
             .map_err(|source| StageError::Produce { topic, source })
     }
 
+    fn total_outstanding(&self) -> usize {
+        self.changes_offsets.total_outstanding() + self.subscription_offsets.total_outstanding()
+    }
+
+    fn store_committable(&mut self) {
+        for source in [Source::MailboxChanges, Source::SubscriptionChanges] {
+            let committable = self.offsets(source).take_all_committable();
+            self.consumer
+                .store_offsets(self.topic_of(source), &committable);
+        }
+    }
+
     fn housekeeping(&mut self) {
-        let committable = self.tracker.take_all_committable();
-        self.consumer
-            .store_offsets(&self.topics.mailbox_changes, &committable);
+        self.store_committable();
         self.coalescer.evict_idle(Instant::now().into_std());
         let stats = self.coalescer.stats();
         ::metrics::gauge!(metrics::TRACKED).set(stats.tracked as f64);
         ::metrics::gauge!(metrics::PENDING).set(stats.pending as f64);
-        ::metrics::gauge!(metrics::OUTSTANDING).set(self.tracker.total_outstanding() as f64);
+        ::metrics::gauge!(metrics::OUTSTANDING).set(self.total_outstanding() as f64);
     }
 
     /// Shutdown: flush every pending count, wait for the acks (bounded), store what is
@@ -529,19 +698,17 @@ impl Stage {
             tracing::error!(error = %err, "could not flush pending counts at shutdown");
         }
         match self
-            .wait_for_acks(|tracker| tracker.total_outstanding() == 0)
+            .wait_for_acks(|stage| stage.total_outstanding() == 0)
             .await
         {
             Ok(true) => tracing::info!(flushed = pending, "drained pending counts"),
             Ok(false) => tracing::warn!(
-                outstanding = self.tracker.total_outstanding(),
+                outstanding = self.total_outstanding(),
                 "drain timeout: unacknowledged inputs will be redone after restart"
             ),
             Err(err) => tracing::error!(error = %err, "output failed while draining"),
         }
-        let committable = self.tracker.take_all_committable();
-        self.consumer
-            .store_offsets(&self.topics.mailbox_changes, &committable);
+        self.store_committable();
         self.consumer.close().await;
         if let Err(err) = self
             .producer
