@@ -90,6 +90,13 @@ impl TestBroker {
         args
     }
 
+    /// The mock cluster, for fault injection (`broker_down`, `broker_up`); `None` on a real broker.
+    pub fn mock_cluster(
+        &self,
+    ) -> Option<&MockCluster<'static, rdkafka::producer::DefaultProducerContext>> {
+        self._mock.as_ref()
+    }
+
     /// Creates every relay topic under the args' prefix: through the admin API on a real
     /// broker, through the mock cluster's own call on the mock (its brokers do not
     /// implement CreateTopics).
