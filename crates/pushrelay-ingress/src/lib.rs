@@ -90,6 +90,11 @@ pub async fn serve(
         &args.kafka,
         Duration::from_millis(args.ack_timeout_ms),
     )?);
+    sink.warm_up(&[
+        topics.mailbox_changes.clone(),
+        topics.subscription_changes.clone(),
+    ])
+    .await?;
     tokio::spawn(Arc::clone(&sink).watch_broker(broker_ready, shutdown.clone()));
     let app = router(AppState {
         sink: Arc::clone(&sink),

@@ -17,12 +17,19 @@ use crate::ApiError;
 /// Seconds a client is told to wait after a 503.
 const RETRY_AFTER_SECS: u64 = 1;
 
-/// Watches librdkafka's error callback for "all brokers down".
+/// Watches librdkafka's error callback for "all brokers down", and its statistics for
+/// the idempotent producer's id.
 struct SinkContext {
     broker_down: Arc<AtomicBool>,
+    producer_id: Arc<AtomicBool>,
 }
 
 impl ClientContext for SinkContext {
+    fn stats_raw(&self, statistics: &[u8]) {
+        self.producer_id
+            .store(idempotent_id_assigned(statistics), Ordering::Release);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             if !self.broker_down.swap(true, Ordering::AcqRel) {
@@ -37,10 +44,27 @@ impl ClientContext for SinkContext {
     }
 }
 
+/// Whether librdkafka's statistics JSON says the idempotent producer has its id
+/// (`"eos": {"idemp_state": "Assigned", ...}`).
+fn idempotent_id_assigned(statistics: &[u8]) -> bool {
+    const FIELD: &[u8] = b"\"idemp_state\"";
+    let Some(at) = statistics.windows(FIELD.len()).position(|w| w == FIELD) else {
+        return false;
+    };
+    let rest = &statistics[at + FIELD.len()..];
+    let value = rest
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b':'))
+        .map_or(&[][..], |start| &rest[start..]);
+    value.starts_with(b"\"Assigned\"")
+}
+
 /// An idempotent `acks=all` producer that answers for a whole request.
 pub struct RecordSink {
     producer: FutureProducer<SinkContext>,
     broker_down: Arc<AtomicBool>,
+    producer_id: Arc<AtomicBool>,
+    idempotent: bool,
     ack_timeout: Duration,
 }
 
@@ -57,7 +81,17 @@ impl RecordSink {
     /// Creates the producer. `ack_timeout` bounds how long a request waits for the broker.
     pub fn new(args: &KafkaArgs, ack_timeout: Duration) -> Result<Self, pushrelay_kafka::Error> {
         let broker_down = Arc::new(AtomicBool::new(false));
+        let producer_id = Arc::new(AtomicBool::new(false));
         let mut config = args.producer_config();
+        // Statistics tell when the idempotent producer has its id (see `warm_up`).
+        if !args
+            .properties
+            .iter()
+            .any(|(k, _)| k == "statistics.interval.ms")
+        {
+            config.set("statistics.interval.ms", "500");
+        }
+        let idempotent = config.get("enable.idempotence") == Some("true");
         // A record the client was told to retry should not linger for librdkafka's default
         // five minutes; pass-through properties still win.
         if !args
@@ -70,6 +104,7 @@ impl RecordSink {
         let producer = config
             .create_with_context(SinkContext {
                 broker_down: Arc::clone(&broker_down),
+                producer_id: Arc::clone(&producer_id),
             })
             .map_err(|source| pushrelay_kafka::Error::Client {
                 role: "producer",
@@ -78,6 +113,8 @@ impl RecordSink {
         Ok(Self {
             producer,
             broker_down,
+            producer_id,
+            idempotent,
             ack_timeout,
         })
     }
@@ -161,6 +198,45 @@ impl RecordSink {
         }
     }
 
+    /// Connects before the first request: fetches the metadata of `topics`, so a first
+    /// request does not pay for connecting, the idempotent producer's id and the topic
+    /// lookup within its acknowledgement timeout.
+    pub async fn warm_up(
+        self: &Arc<Self>,
+        topics: &[String],
+    ) -> Result<(), pushrelay_kafka::Error> {
+        for topic in topics {
+            let sink = Arc::clone(self);
+            let name = topic.clone();
+            tokio::task::spawn_blocking(move || {
+                sink.producer
+                    .client()
+                    .fetch_metadata(Some(&name), Duration::from_secs(10))
+                    .map(|_| ())
+                    .map_err(|source| pushrelay_kafka::Error::Request {
+                        operation: format!("metadata of {name}"),
+                        source,
+                    })
+            })
+            .await
+            .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
+        }
+        let started = tokio::time::Instant::now();
+        let deadline = started + Duration::from_secs(30);
+        while self.idempotent && !self.producer_id.load(Ordering::Acquire) {
+            if tokio::time::Instant::now() > deadline {
+                tracing::warn!("the idempotent producer has no id after 30 s; serving anyway");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!(
+            waited_ms = started.elapsed().as_millis() as u64,
+            "producer ready"
+        );
+        Ok(())
+    }
+
     /// While the broker is reported down, asks it for metadata every 500 ms and clears the
     /// flag when it answers, so the ingress recovers by itself. Mirrors the state in `ready`.
     pub async fn watch_broker(self: Arc<Self>, ready: ReadyFlag, shutdown: CancellationToken) {
@@ -194,5 +270,26 @@ impl RecordSink {
         if !matches!(flushed, Ok(Ok(()))) {
             tracing::warn!("some queued records were not flushed at shutdown");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::idempotent_id_assigned;
+
+    #[test]
+    fn reads_the_idempotence_state_from_statistics() {
+        assert!(idempotent_id_assigned(
+            br#"{"eos": { "idemp_state": "Assigned", "idemp_stateage": 3 }}"#
+        ));
+        assert!(idempotent_id_assigned(
+            br#"{"eos":{"idemp_state":"Assigned"}}"#
+        ));
+        assert!(!idempotent_id_assigned(
+            br#"{"eos": { "idemp_state": "WaitPID" }}"#
+        ));
+        assert!(!idempotent_id_assigned(
+            br#"{"name": "rdkafka#producer-1"}"#
+        ));
     }
 }

@@ -118,7 +118,13 @@ async fn every_status_of_the_contract() {
             .send()
             .await
             .expect("send");
-        assert_eq!(response.status(), StatusCode::ACCEPTED, "[{kind}]");
+        let status = response.status();
+        if status != StatusCode::ACCEPTED {
+            panic!(
+                "[{kind}] {status}: {}",
+                response.text().await.unwrap_or_default()
+            );
+        }
         assert_eq!(
             response.json::<Value>().await.expect("json"),
             json!({"accepted": 2})
