@@ -47,11 +47,14 @@ struct DevArgs {
     /// Address of the admin server (`/metrics`, `/healthz`, `/readyz`).
     #[arg(long, env = "PUSHRELAY_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
     admin_addr: std::net::SocketAddr,
+    /// Address of the public API (the ingress).
+    #[arg(long, env = "PUSHRELAY_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
     /// Domain of the demo tenant.
     #[arg(long, default_value = "fabrikam.example")]
     tenant: String,
-    /// How often the demo mailbox's unread count changes, milliseconds (0: never).
-    #[arg(long, default_value_t = 2000)]
+    /// Also change a demo mailbox's unread count this often, milliseconds (0: never).
+    #[arg(long, default_value_t = 0)]
     demo_interval_ms: u64,
 }
 
@@ -121,6 +124,16 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot bind the ingress to {}", args.listen))?;
+    let ingress = tokio::spawn(pushrelay_ingress::serve(
+        pushrelay_ingress::IngressArgs::new(kafka.clone(), args.listen),
+        listener,
+        health.clone(),
+        shutdown.clone(),
+    ));
+
     let follower = TopicFollower::start(&kafka, &topics.unread_counts, |event| {
         if let FollowEvent::Record(record) = event
             && let Some(value) = record.payload
@@ -135,6 +148,12 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         }
     })?;
 
+    // One token for many requests, as a tenant's server does.
+    let token = demo.token()?;
+    let api = format!("http://{}", args.listen);
+    while !health.is_ready() && !stage.is_finished() && !ingress.is_finished() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     println!();
     println!(
         "pushrelay dev: running on {brokers}{}",
@@ -145,18 +164,27 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         }
     );
     println!(
-        "  demo tenant     {} (certificate x5t {})",
-        demo.id, demo.x5t
+        "  stages   ingress {api}, auth-coalesce (fanout and deliver arrive with their issues)"
     );
+    println!("  tenant   {} (certificate x5t {})", demo.id, demo.x5t);
+    println!("  admin    http://{admin_addr}/metrics  /healthz  /readyz");
+    println!("  stop     Ctrl-C (drains and commits)");
+    println!();
     println!(
-        "  stages          auth-coalesce (ingress, fanout and deliver arrive with their issues)"
+        "Send a notification (a token valid 12 h is inside), then watch for \"unread count emitted\":"
     );
-    println!("  admin           http://{admin_addr}/metrics  /healthz  /readyz");
+    println!();
     println!(
-        "  demo mailbox    alice@{} changes every {} ms; watch the \"unread count emitted\" lines",
-        demo.id, args.demo_interval_ms
+        "curl -sS -X POST {api}/v1/notifications -H 'Authorization: Bearer {token}' \\\n  -H 'Content-Type: application/json' \\\n  -d '{{\"notifications\":[{{\"mailbox\":\"alice@{}\",\"unreadCount\":3,\"sequence\":1}}]}}'",
+        demo.id
     );
-    println!("  stop            Ctrl-C (drains and commits)");
+    println!();
+    println!("Subscribe a device to that mailbox:");
+    println!();
+    println!(
+        "curl -sS -X POST {api}/v1/subscriptions -H 'Authorization: Bearer {token}' \\\n  -H 'Content-Type: application/json' \\\n  -d '{{\"mailbox\":\"alice@{}\",\"platform\":\"apns\",\"deviceToken\":\"0123abcd\",\"appId\":\"com.example.mail\"}}'",
+        demo.id
+    );
     println!();
 
     let signals = pushrelay_telemetry::cancel_on_signal(shutdown.clone());
@@ -166,8 +194,6 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     });
 
     let mailbox = format!("alice@{}", demo.id);
-    // One token for many changes, as a tenant's server does (it lives an hour).
-    let token = demo.token()?;
     let mut sequence = 0u64;
     let interval = Duration::from_millis(args.demo_interval_ms.max(1));
     while !shutdown.is_cancelled() && args.demo_interval_ms > 0 && !stage.is_finished() {
@@ -196,11 +222,13 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     }
     let result = stage.await.context("stage task")?;
     shutdown.cancel();
+    let ingress_result = ingress.await.context("ingress task")?;
     let _ = admin.await;
     tokio::task::spawn_blocking(move || follower.stop())
         .await
         .ok();
-    result.context("auth-coalesce stage")
+    result.context("auth-coalesce stage")?;
+    ingress_result.context("ingress")
 }
 
 async fn send(
@@ -263,7 +291,7 @@ impl DemoTenant {
         header.insert("x5t".into(), json!(self.x5t));
         let claims = json!({
             "tid": self.id, "iss": self.issuer(), "aud": "pushrelay",
-            "nbf": now - 60, "exp": now + 3600,
+            "nbf": now - 60, "exp": now + 12 * 3600,
         });
         Ok(mint_token(&self.key, "RS256", &header, &claims)?)
     }
