@@ -361,3 +361,67 @@ async fn broker_down_gives_503_within_a_second_and_recovers() {
     }
     ingress.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_http2_and_http1() {
+    pushrelay_testkit::init_test_logging();
+    let broker = TestBroker::mock();
+    let kafka = broker.kafka_args("tls", 2);
+    broker.create_all_topics(&kafka).await;
+    // A certificate for localhost, trusted by the test client only.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    let dir = std::env::temp_dir().join(pushrelay_testkit::unique_prefix("tls"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).expect("write cert");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let mut args = IngressArgs::new(kafka.clone(), listener.local_addr().expect("addr"));
+    args.tls_cert = Some(cert_path);
+    args.tls_key = Some(key_path);
+    let shutdown = CancellationToken::new();
+    let health = Health::new();
+    let task = tokio::spawn(pushrelay_ingress::serve(
+        args,
+        listener,
+        health.clone(),
+        shutdown.clone(),
+    ));
+    while !health.is_ready() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let token = TestTenant::generate("fabrikam.com").token();
+    let root = reqwest::Certificate::from_pem(cert.pem().as_bytes()).expect("root");
+    for http1_only in [false, true] {
+        let mut builder = reqwest::Client::builder().tls_certs_only([root.clone()]);
+        if http1_only {
+            builder = builder.http1_only();
+        }
+        let client = builder.build().expect("client");
+        let response = client
+            .post(format!("https://localhost:{port}/v1/notifications"))
+            .bearer_auth(&token)
+            .json(&json!({"notifications": [{"mailbox": "a@fabrikam.com", "unreadCount": 1, "sequence": 1}]}))
+            .send()
+            .await
+            .expect("HTTPS request");
+        let expected = if http1_only {
+            reqwest::Version::HTTP_11
+        } else {
+            reqwest::Version::HTTP_2
+        };
+        assert_eq!(response.version(), expected);
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    }
+    shutdown.cancel();
+    assert!(task.await.expect("task").is_ok());
+    let _ = std::fs::remove_dir_all(dir);
+}
