@@ -32,6 +32,71 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Why a service stopped: its own error, or the admin server could not start.
+#[derive(Debug)]
+pub enum ServiceError<E> {
+    /// The admin server could not bind.
+    Admin(std::net::SocketAddr, std::io::Error),
+    /// The service failed.
+    Service(E),
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for ServiceError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Admin(addr, err) => write!(f, "cannot bind the admin server to {addr}: {err}"),
+            Self::Service(err) => err.fmt(f),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for ServiceError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Admin(_, err) => Some(err),
+            Self::Service(err) => Some(err),
+        }
+    }
+}
+
+/// What every stage binary does around its `run`: serves `/metrics`, `/healthz` and
+/// `/readyz` on `admin`, cancels the shutdown token on the first SIGTERM/SIGINT (calling
+/// `on_second_signal`, typically `std::process::exit`, on the second), runs the service,
+/// and marks the process failed when the service fails.
+pub async fn run_service<F, Fut, E>(
+    admin: &AdminArgs,
+    on_second_signal: fn(),
+    service: F,
+) -> Result<(), ServiceError<E>>
+where
+    F: FnOnce(Health, tokio_util::sync::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let health = Health::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (_, admin_task) = serve_admin(
+        admin.admin_addr,
+        health.clone(),
+        metrics_handle(),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|err| ServiceError::Admin(admin.admin_addr, err))?;
+    let signals = cancel_on_signal(shutdown.clone());
+    tokio::spawn(async move {
+        signals.await;
+        on_second_signal();
+    });
+    let result = service(health.clone(), shutdown.clone()).await;
+    if let Err(err) = &result {
+        health.fail(err.to_string());
+    }
+    shutdown.cancel();
+    let _ = admin_task.await;
+    result.map_err(ServiceError::Service)
+}
+
 /// Cancels `shutdown` on the first SIGTERM or SIGINT, then resolves on the second one:
 /// a binary spawns `async { cancel_on_signal(token).await; std::process::exit(130) }` so a
 /// second signal stops a drain that takes too long.

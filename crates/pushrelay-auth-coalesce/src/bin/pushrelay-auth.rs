@@ -3,8 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use pushrelay_auth_coalesce::StageArgs;
-use pushrelay_telemetry::{AdminArgs, Health, LogArgs};
-use tokio_util::sync::CancellationToken;
+use pushrelay_telemetry::{AdminArgs, LogArgs};
 
 /// Validates tenants' S2S tokens on `mailbox-changes` and emits debounced unread counts
 /// to `unread-counts`. Every flag also reads an environment variable (shown in brackets).
@@ -23,26 +22,14 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     pushrelay_telemetry::init_logging(&cli.log).map_err(anyhow::Error::msg)?;
-    let health = Health::new();
-    let shutdown = CancellationToken::new();
-    let (_, admin) = pushrelay_telemetry::serve_admin(
-        cli.admin.admin_addr,
-        health.clone(),
-        pushrelay_telemetry::metrics_handle(),
-        shutdown.clone(),
-    )
+    pushrelay_telemetry::run_service(&cli.admin, exit_at_once, |health, shutdown| {
+        pushrelay_auth_coalesce::run(cli.stage, health, shutdown)
+    })
     .await
-    .with_context(|| format!("cannot bind the admin server to {}", cli.admin.admin_addr))?;
-    let signals = pushrelay_telemetry::cancel_on_signal(shutdown.clone());
-    tokio::spawn(async move {
-        signals.await;
-        std::process::exit(130);
-    });
-    let result = pushrelay_auth_coalesce::run(cli.stage, health.clone(), shutdown.clone()).await;
-    if let Err(err) = &result {
-        health.fail(err.to_string());
-    }
-    shutdown.cancel();
-    let _ = admin.await;
-    result.context("auth-coalesce stage failed")
+    .context("auth-coalesce stage failed")
+}
+
+/// A second signal: stop draining and exit.
+fn exit_at_once() {
+    std::process::exit(130);
 }
