@@ -16,14 +16,15 @@ const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads `partitions` of `topic` from the beginning up to their high watermarks at the
 /// time of the call, handing every record to `f`. Blocking: call it from
-/// `spawn_blocking`. Returns the number of records read.
+/// `spawn_blocking`. Returns, per partition, the offset it read up to (the high watermark
+/// at the call): where a follower continues.
 pub fn read_to_end(
     args: &KafkaArgs,
     topic: &str,
     partitions: &[i32],
     timeout: Duration,
     mut f: impl FnMut(Record),
-) -> Result<u64, Error> {
+) -> Result<Vec<(i32, i64)>, Error> {
     let consumer: BaseConsumer = args
         .reader_config()
         .create()
@@ -34,12 +35,14 @@ pub fn read_to_end(
     let topic_name: Arc<str> = Arc::from(topic);
     let mut tpl = TopicPartitionList::new();
     let mut ends = Vec::new();
+    let mut all_ends = Vec::new();
     for &partition in partitions {
         let (low, high) = consumer
             .fetch_watermarks(topic, partition, WATERMARK_TIMEOUT)
             .map_err(|source| {
                 Error::request(format!("watermarks of {topic}/{partition}"), source)
             })?;
+        all_ends.push((partition, high));
         if high > low {
             tpl.add_partition_offset(topic, partition, Offset::Beginning)
                 .map_err(|source| Error::request("building the assignment", source))?;
@@ -47,14 +50,13 @@ pub fn read_to_end(
         }
     }
     if ends.is_empty() {
-        return Ok(0);
+        return Ok(all_ends);
     }
     consumer
         .assign(&tpl)
         .map_err(|source| Error::request(format!("assigning {topic}"), source))?;
     let deadline = Instant::now() + timeout;
     let mut remaining: HashSet<i32> = ends.iter().map(|(p, _)| *p).collect();
-    let mut read = 0u64;
     while !remaining.is_empty() {
         if Instant::now() > deadline {
             return Err(Error::ReadTimeout {
@@ -74,7 +76,6 @@ pub fn read_to_end(
                     remaining.remove(&record.partition);
                 }
                 if end.is_some_and(|high| record.offset < high) {
-                    read += 1;
                     f(record);
                 }
             }
@@ -93,7 +94,7 @@ pub fn read_to_end(
             }
         }
     }
-    Ok(read)
+    Ok(all_ends)
 }
 
 /// What a [`TopicFollower`] reports.
@@ -119,10 +120,23 @@ impl std::fmt::Debug for TopicFollower {
 }
 
 impl TopicFollower {
-    /// Starts following `topic`; `f` is called on the follower's thread.
+    /// Starts following every partition of `topic` from its beginning; `f` is called on
+    /// the follower's thread.
     pub fn start(
         args: &KafkaArgs,
         topic: &str,
+        f: impl FnMut(FollowEvent) + Send + 'static,
+    ) -> Result<Self, Error> {
+        Self::start_at(args, topic, None, f)
+    }
+
+    /// Starts following the given partitions of `topic` from the given offsets (`None`:
+    /// every partition from its beginning). `CaughtUp` comes once each partition reached
+    /// its end as of the start.
+    pub fn start_at(
+        args: &KafkaArgs,
+        topic: &str,
+        from: Option<&[(i32, i64)]>,
         mut f: impl FnMut(FollowEvent) + Send + 'static,
     ) -> Result<Self, Error> {
         let consumer: BaseConsumer =
@@ -135,25 +149,33 @@ impl TopicFollower {
         let metadata = consumer
             .fetch_metadata(Some(topic), WATERMARK_TIMEOUT)
             .map_err(|source| Error::request(format!("metadata of {topic}"), source))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic)
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if partitions.is_empty() {
+        let starts: Vec<(i32, Offset)> = match from {
+            Some(from) => from.iter().map(|(p, o)| (*p, Offset::Offset(*o))).collect(),
+            None => metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == topic)
+                .flat_map(|t| t.partitions().iter().map(|p| (p.id(), Offset::Beginning)))
+                .collect(),
+        };
+        if starts.is_empty() && from.is_none() {
             return Err(Error::MissingTopic(topic.to_owned()));
         }
         let mut tpl = TopicPartitionList::new();
         let mut ends = Vec::new();
-        for &partition in &partitions {
+        for &(partition, start) in &starts {
             let (_, high) = consumer
                 .fetch_watermarks(topic, partition, WATERMARK_TIMEOUT)
                 .map_err(|source| {
                     Error::request(format!("watermarks of {topic}/{partition}"), source)
                 })?;
-            ends.push((partition, high));
-            tpl.add_partition_offset(topic, partition, Offset::Beginning)
+            let start_at = match start {
+                Offset::Offset(o) => o,
+                _ => 0,
+            };
+            // A partition already read to its end has nothing to catch up on.
+            ends.push((partition, if high > start_at { high } else { 0 }));
+            tpl.add_partition_offset(topic, partition, start)
                 .map_err(|source| Error::request("building the assignment", source))?;
         }
         consumer
