@@ -30,7 +30,7 @@ pub use error::Error;
 pub use murmur2::{murmur2, murmur2_partition};
 pub use offsets::OffsetTracker;
 pub use producer::{Ack, AckProducer, Delivered};
-pub use reader::{FollowEvent, TopicFollower, read_to_end};
+pub use reader::{FollowEvent, TopicFollower, high_watermarks, read_to_end};
 pub use topics::{TopicSpec, ensure_topics, partition_count, verify_copartitioned};
 
 pub use rdkafka;

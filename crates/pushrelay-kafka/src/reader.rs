@@ -97,6 +97,32 @@ pub fn read_to_end(
     Ok(all_ends)
 }
 
+/// The high watermark of each of `partitions` of `topic`. Blocking.
+pub fn high_watermarks(
+    args: &KafkaArgs,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<Vec<(i32, i64)>, Error> {
+    let consumer: BaseConsumer = args
+        .reader_config()
+        .create()
+        .map_err(|source| Error::Client {
+            role: "watermark reader",
+            source,
+        })?;
+    partitions
+        .iter()
+        .map(|&partition| {
+            consumer
+                .fetch_watermarks(topic, partition, WATERMARK_TIMEOUT)
+                .map(|(_, high)| (partition, high))
+                .map_err(|source| {
+                    Error::request(format!("watermarks of {topic}/{partition}"), source)
+                })
+        })
+        .collect()
+}
+
 /// What a [`TopicFollower`] reports.
 #[derive(Debug)]
 pub enum FollowEvent {
