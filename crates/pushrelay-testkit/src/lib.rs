@@ -331,3 +331,49 @@ pub fn init_test_logging() {
         .with_writer(std::io::stderr)
         .try_init();
 }
+
+/// One record for [`produce_records`].
+#[derive(Debug, Clone)]
+pub struct TestRecord {
+    /// Key.
+    pub key: Vec<u8>,
+    /// Explicit partition, or `None` for the murmur2 partitioner.
+    pub partition: Option<i32>,
+    /// Value, or `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
+}
+
+/// Produces records (explicit partitions and tombstones allowed) with all of them in
+/// flight at once, then waits for every ack.
+pub async fn produce_records(producer: &FutureProducer, topic: &str, records: &[TestRecord]) {
+    let mut pending = Vec::with_capacity(records.len());
+    for r in records {
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(topic).key(r.key.as_slice());
+        if let Some(value) = &r.value {
+            record = record.payload(value.as_slice());
+        }
+        if let Some(partition) = r.partition {
+            record = record.partition(partition);
+        }
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    pending.push(delivery);
+                    break;
+                }
+                Err((_, returned)) => {
+                    record = returned;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
+    for delivery in pending {
+        delivery
+            .await
+            .expect("delivery future")
+            .map_err(|(err, _)| err)
+            .expect("test record acknowledged");
+    }
+}

@@ -1,0 +1,304 @@
+//! The fan-out stage against a broker (mock cluster always, the real broker when
+//! `PUSHRELAY_TEST_BROKERS` is set): two instances in one group, 500 mailboxes with 1–3
+//! devices each; every count gives exactly the pushes of its mailbox's live devices; a
+//! SIGKILLed instance's partitions are taken over with nothing missed; a tombstone stops
+//! pushes to its device; expired subscriptions get none and are tombstoned.
+
+use std::collections::{BTreeSet, HashMap};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use pushrelay_kafka::{KafkaArgs, Record, murmur2_partition};
+use pushrelay_proto::Message;
+use pushrelay_proto::v1::{Platform, PushRequest, Subscription, UnreadCount};
+use pushrelay_testkit::{
+    TestBroker, TestRecord, produce_records, producer, read_topic, wait_for_records,
+};
+
+const PARTITIONS: i32 = 4;
+const MAILBOXES: usize = 500;
+const TENANT: &str = "fabrikam.com";
+
+struct Instance(Option<Child>);
+
+impl Instance {
+    fn start(kafka: &KafkaArgs) -> Self {
+        let properties: Vec<String> = kafka
+            .properties
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let child = Command::new(env!("CARGO_BIN_EXE_pushrelay-fanout"))
+            .env("PUSHRELAY_BROKERS", &kafka.brokers)
+            .env("PUSHRELAY_TOPIC_PREFIX", &kafka.topic_prefix)
+            .env("PUSHRELAY_PARTITIONS", PARTITIONS.to_string())
+            .env("PUSHRELAY_KAFKA_PROPERTIES", properties.join(","))
+            .env("PUSHRELAY_GROUP", format!("{}fanout", kafka.topic_prefix))
+            .env("PUSHRELAY_ADMIN_ADDR", "127.0.0.1:0")
+            .env("PUSHRELAY_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("the fanout binary starts");
+        Self(Some(child))
+    }
+
+    fn sigkill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let mut child = self.0.take().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        child.wait().expect("exit status")
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
+
+fn mailbox(i: usize) -> String {
+    format!("user{i}@{TENANT}")
+}
+
+fn mailbox_key(i: usize) -> String {
+    format!("{TENANT}/{}", mailbox(i))
+}
+
+fn partition_of(i: usize) -> i32 {
+    murmur2_partition(mailbox_key(i).as_bytes(), PARTITIONS as usize)
+}
+
+fn subscription(i: usize, device: &str, expires: i64) -> TestRecord {
+    let value = Subscription {
+        tenant: TENANT.into(),
+        mailbox: mailbox(i),
+        platform: Platform::Apns as i32,
+        device_token: device.into(),
+        app_id: "com.example.mail".into(),
+        environment: 1,
+        created_time_ms: 1,
+        expires_time_ms: expires,
+    };
+    TestRecord {
+        key: format!("{}/apns/{device}", mailbox_key(i)).into_bytes(),
+        partition: Some(partition_of(i)),
+        value: Some(value.encode_to_vec()),
+    }
+}
+
+fn counts(round: u64) -> Vec<TestRecord> {
+    (0..MAILBOXES)
+        .map(|i| {
+            let value = UnreadCount {
+                tenant: TENANT.into(),
+                mailbox: mailbox(i),
+                count: (i as u32 + round as u32) % 50,
+                sequence: round,
+                changes_coalesced: 1,
+                first_ingress_time_ms: 0,
+                last_ingress_time_ms: 0,
+                emitted_time_ms: 0,
+                last_event_id: String::new(),
+            };
+            TestRecord {
+                key: mailbox_key(i).into_bytes(),
+                partition: Some(partition_of(i)),
+                value: Some(value.encode_to_vec()),
+            }
+        })
+        .collect()
+}
+
+/// Devices pushed per (mailbox, sequence).
+fn pushed(records: &[Record]) -> HashMap<(String, u64), BTreeSet<String>> {
+    let mut out: HashMap<(String, u64), BTreeSet<String>> = HashMap::new();
+    for r in records {
+        let push =
+            PushRequest::decode(r.payload.as_deref().unwrap_or_default()).expect("PushRequest");
+        assert_eq!(
+            push.badge,
+            (push
+                .mailbox
+                .trim_start_matches("user")
+                .split('@')
+                .next()
+                .and_then(|n| n.parse::<u32>().ok())
+                .unwrap_or(0)
+                + push.sequence as u32)
+                % 50
+        );
+        out.entry((push.mailbox.clone(), push.sequence))
+            .or_default()
+            .insert(push.device_token);
+    }
+    out
+}
+
+fn all_rounds_pushed(
+    records: &[Record],
+    live: &HashMap<usize, BTreeSet<String>>,
+    round: u64,
+) -> bool {
+    let pushed = pushed(records);
+    live.iter()
+        .all(|(i, devices)| pushed.get(&(mailbox(*i), round)) == Some(devices))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_push_exactly_the_live_devices_and_survive_a_kill() {
+    pushrelay_testkit::init_test_logging();
+    for broker in TestBroker::all() {
+        eprintln!("-- on the {} broker {}", broker.kind, broker.brokers);
+        scenario(&broker).await;
+    }
+}
+
+async fn scenario(broker: &TestBroker) {
+    let kind = broker.kind;
+    let kafka = broker.kafka_args("fanout", PARTITIONS);
+    let topics = kafka.topics();
+    broker.create_all_topics(&kafka).await;
+    let producer = producer(&kafka);
+    let far = i64::MAX / 2;
+    let mut live: HashMap<usize, BTreeSet<String>> = HashMap::new();
+    let mut subs = Vec::new();
+    for i in 0..MAILBOXES {
+        for d in 0..(1 + i % 3) {
+            let device = format!("dev{i}-{d}");
+            subs.push(subscription(i, &device, far));
+            live.entry(i).or_default().insert(device);
+        }
+        if i % 50 == 0 {
+            subs.push(subscription(i, &format!("expired{i}"), 1));
+        }
+    }
+    produce_records(&producer, &topics.subscriptions, &subs).await;
+
+    let mut first = Instance::start(&kafka);
+    let second = Instance::start(&kafka);
+    produce_records(&producer, &topics.unread_counts, &counts(1)).await;
+    let records = wait_for_records(
+        &kafka,
+        &topics.push_requests,
+        Duration::from_secs(90),
+        |r| all_rounds_pushed(r, &live, 1),
+    )
+    .await;
+    assert!(
+        all_rounds_pushed(&records, &live, 1),
+        "[{kind}] round 1: every live device pushed"
+    );
+
+    // One instance dies; the other takes its partitions over.
+    first.sigkill();
+    produce_records(&producer, &topics.unread_counts, &counts(2)).await;
+    let records = wait_for_records(
+        &kafka,
+        &topics.push_requests,
+        Duration::from_secs(90),
+        |r| all_rounds_pushed(r, &live, 2),
+    )
+    .await;
+    assert!(
+        all_rounds_pushed(&records, &live, 2),
+        "[{kind}] round 2 after the kill: nothing missed"
+    );
+
+    // A tombstone stops pushes to its device.
+    let stopped = "dev7-0".to_owned();
+    produce_records(
+        &producer,
+        &topics.subscriptions,
+        &[TestRecord {
+            key: format!("{}/apns/{stopped}", mailbox_key(7)).into_bytes(),
+            partition: Some(partition_of(7)),
+            value: None,
+        }],
+    )
+    .await;
+    live.get_mut(&7).expect("mailbox 7").remove(&stopped);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    produce_records(&producer, &topics.unread_counts, &counts(3)).await;
+    let records = wait_for_records(
+        &kafka,
+        &topics.push_requests,
+        Duration::from_secs(90),
+        |r| all_rounds_pushed(r, &live, 3),
+    )
+    .await;
+    assert!(all_rounds_pushed(&records, &live, 3), "[{kind}] round 3");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pushed = pushed(&read_topic(&kafka, &topics.push_requests).await);
+    for ((mailbox_name, round), devices) in &pushed {
+        let i: usize = mailbox_name
+            .trim_start_matches("user")
+            .split('@')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("index");
+        let mut expected = live[&i].clone();
+        if i == 7 && *round < 3 {
+            expected.insert(stopped.clone());
+        }
+        assert_eq!(
+            devices, &expected,
+            "[{kind}] {mailbox_name} round {round}: exactly the live devices"
+        );
+    }
+    let tombstones: BTreeSet<String> = read_topic(&kafka, &topics.subscriptions)
+        .await
+        .iter()
+        .filter(|r| r.payload.is_none())
+        .map(|r| String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned())
+        .collect();
+    for i in (0..MAILBOXES).step_by(50) {
+        assert!(
+            tombstones.contains(&format!("{}/apns/expired{i}", mailbox_key(i))),
+            "[{kind}] expired subscription of mailbox {i} tombstoned"
+        );
+    }
+    let exit = tokio::task::spawn_blocking(move || second.terminate())
+        .await
+        .expect("thread");
+    assert!(exit.success(), "[{kind}] graceful stop exits 0: {exit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mismatched_partition_counts_are_refused_with_both_names() {
+    let broker = TestBroker::mock();
+    let kafka = broker.kafka_args("mismatch", 4);
+    let topics = kafka.topics();
+    let mock = broker.mock_cluster().expect("mock");
+    mock.create_topic(&topics.unread_counts, 4, 1)
+        .expect("topic");
+    mock.create_topic(&topics.subscriptions, 3, 1)
+        .expect("topic");
+    for topic in [&topics.push_requests, &topics.dead_letters] {
+        mock.create_topic(topic, 4, 1).expect("topic");
+    }
+    let result = pushrelay_fanout::run(
+        pushrelay_fanout::FanoutArgs::new(kafka.clone()),
+        pushrelay_telemetry::Health::new(),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await;
+    let message = result.expect_err("refused").to_string();
+    assert!(
+        message.contains(&topics.unread_counts) && message.contains(&topics.subscriptions),
+        "{message}"
+    );
+    assert!(
+        message.contains("4 partitions") && message.contains("3 partitions"),
+        "{message}"
+    );
+}
