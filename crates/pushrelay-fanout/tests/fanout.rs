@@ -302,3 +302,55 @@ async fn mismatched_partition_counts_are_refused_with_both_names() {
         "{message}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_becomes_one_push_per_device_with_the_latest_count() {
+    pushrelay_testkit::init_test_logging();
+    for broker in TestBroker::all() {
+        let kind = broker.kind;
+        let kafka = broker.kafka_args("catchup", PARTITIONS);
+        let topics = kafka.topics();
+        broker.create_all_topics(&kafka).await;
+        let producer = producer(&kafka);
+        let mut live: HashMap<usize, BTreeSet<String>> = HashMap::new();
+        let subs: Vec<TestRecord> = (0..MAILBOXES)
+            .map(|i| {
+                live.entry(i).or_default().insert(format!("dev{i}"));
+                subscription(i, &format!("dev{i}"), i64::MAX / 2)
+            })
+            .collect();
+        produce_records(&producer, &topics.subscriptions, &subs).await;
+        // An outage: five rounds of counts pile up while no instance runs.
+        for round in 1..=5 {
+            produce_records(&producer, &topics.unread_counts, &counts(round)).await;
+        }
+        let instance = Instance::start(&kafka);
+        let records = wait_for_records(
+            &kafka,
+            &topics.push_requests,
+            Duration::from_secs(90),
+            |r| all_rounds_pushed(r, &live, 5),
+        )
+        .await;
+        assert!(
+            all_rounds_pushed(&records, &live, 5),
+            "[{kind}] the latest count reached every device"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let records = read_topic(&kafka, &topics.push_requests).await;
+        assert_eq!(
+            records.len(),
+            MAILBOXES,
+            "[{kind}] one push per device for the whole backlog"
+        );
+        let older = pushed(&records)
+            .keys()
+            .filter(|(_, round)| *round < 5)
+            .count();
+        assert_eq!(older, 0, "[{kind}] no older count was pushed");
+        let exit = tokio::task::spawn_blocking(move || instance.terminate())
+            .await
+            .expect("thread");
+        assert!(exit.success());
+    }
+}
