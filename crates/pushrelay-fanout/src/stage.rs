@@ -63,6 +63,15 @@ struct Tag {
     output: Output,
 }
 
+/// One record to produce.
+#[derive(Debug)]
+struct Outgoing {
+    output: Output,
+    partition: Option<i32>,
+    key: String,
+    value: Option<Vec<u8>>,
+}
+
 /// Inputs whose offsets are done once `remaining` outputs are acknowledged.
 #[derive(Debug)]
 struct Group {
@@ -273,22 +282,27 @@ impl Stage {
         counts: Vec<UnreadCount>,
     ) -> Result<(), FanoutError> {
         let now = now_ms();
-        let mut outputs: Vec<(Output, Option<i32>, String, Option<Vec<u8>>)> = Vec::new();
+        let mut outputs: Vec<Outgoing> = Vec::new();
         for count in &counts {
             let mailbox = format!("{}/{}", count.tenant, count.mailbox);
             let (live, expired) = self.table.devices(partition, &mailbox, now);
             ::metrics::counter!(EXPIRED).increment(expired.len() as u64);
             for key in expired {
-                outputs.push((Output::Tombstone, Some(partition), key, None));
+                outputs.push(Outgoing {
+                    output: Output::Tombstone,
+                    partition: Some(partition),
+                    key,
+                    value: None,
+                });
             }
             for device in &live {
                 let push = push_request(count, device, &self.push, now);
-                outputs.push((
-                    Output::Push,
-                    None,
-                    push_key(device),
-                    Some(push.encode_to_vec()),
-                ));
+                outputs.push(Outgoing {
+                    output: Output::Push,
+                    partition: None,
+                    key: push_key(device),
+                    value: Some(push.encode_to_vec()),
+                });
             }
             ::metrics::counter!(PUSHES).increment(live.len() as u64);
         }
@@ -300,15 +314,10 @@ impl Stage {
             return Ok(());
         }
         let group = self.open_group(partition, offsets, outputs.len());
-        for (output, to_partition, key, value) in outputs {
-            self.send(
-                output,
-                to_partition,
-                key.as_bytes(),
-                value.as_deref(),
-                group,
-            )
-            .await?;
+        for out in outputs {
+            let value = out.value.as_deref();
+            self.send(out.output, out.partition, out.key.as_bytes(), value, group)
+                .await?;
         }
         Ok(())
     }
