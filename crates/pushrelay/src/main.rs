@@ -13,7 +13,7 @@ use pushrelay_auth::{KeyCredential, SigningKey, mint_token, thumbprint};
 use pushrelay_auth_coalesce::StageArgs;
 use pushrelay_kafka::{FollowEvent, KafkaArgs, TopicFollower, now_ms};
 use pushrelay_proto::Message;
-use pushrelay_proto::v1::{MailboxChange, Tenant, UnreadCount};
+use pushrelay_proto::v1::{MailboxChange, PushRequest, Tenant, UnreadCount};
 use pushrelay_telemetry::{Health, LogArgs};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -124,6 +124,26 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
+    let mut fanout_args = pushrelay_fanout::FanoutArgs::new(kafka.clone());
+    fanout_args.group = "pushrelay-dev-fanout".into();
+    let fanout = tokio::spawn(pushrelay_fanout::run(
+        fanout_args,
+        health.clone(),
+        shutdown.clone(),
+    ));
+    let pushes = TopicFollower::start(&kafka, &topics.push_requests, |event| {
+        if let FollowEvent::Record(record) = event
+            && let Some(value) = record.payload
+            && let Ok(push) = PushRequest::decode(value.as_slice())
+        {
+            tracing::info!(
+                device = %String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()),
+                badge = push.badge, mailbox = %push.mailbox,
+                payload = %String::from_utf8_lossy(&push.payload),
+                "push request (the delivery stage arrives with its issue)"
+            );
+        }
+    })?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot bind the ingress to {}", args.listen))?;
@@ -163,26 +183,24 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             ""
         }
     );
-    println!(
-        "  stages   ingress {api}, auth-coalesce (fanout and deliver arrive with their issues)"
-    );
+    println!("  stages   ingress {api}, auth-coalesce, fanout (deliver arrives with its issue)");
     println!("  tenant   {} (certificate x5t {})", demo.id, demo.x5t);
     println!("  admin    http://{admin_addr}/metrics  /healthz  /readyz");
     println!("  stop     Ctrl-C (drains and commits)");
     println!();
+    println!("1. Subscribe a device to a mailbox (a token valid 12 h is inside):");
+    println!();
     println!(
-        "Send a notification (a token valid 12 h is inside), then watch for \"unread count emitted\":"
+        "curl -sS -X POST {api}/v1/subscriptions -H 'Authorization: Bearer {token}' \\\n  -H 'Content-Type: application/json' \\\n  -d '{{\"mailbox\":\"alice@{}\",\"platform\":\"apns\",\"deviceToken\":\"0123abcd\",\"appId\":\"com.example.mail\"}}'",
+        demo.id
+    );
+    println!();
+    println!(
+        "2. Send its unread count, then watch the log for \"unread count emitted\" and \"push request\":"
     );
     println!();
     println!(
         "curl -sS -X POST {api}/v1/notifications -H 'Authorization: Bearer {token}' \\\n  -H 'Content-Type: application/json' \\\n  -d '{{\"notifications\":[{{\"mailbox\":\"alice@{}\",\"unreadCount\":3,\"sequence\":1}}]}}'",
-        demo.id
-    );
-    println!();
-    println!("Subscribe a device to that mailbox:");
-    println!();
-    println!(
-        "curl -sS -X POST {api}/v1/subscriptions -H 'Authorization: Bearer {token}' \\\n  -H 'Content-Type: application/json' \\\n  -d '{{\"mailbox\":\"alice@{}\",\"platform\":\"apns\",\"deviceToken\":\"0123abcd\",\"appId\":\"com.example.mail\"}}'",
         demo.id
     );
     println!();
@@ -223,11 +241,16 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let result = stage.await.context("stage task")?;
     shutdown.cancel();
     let ingress_result = ingress.await.context("ingress task")?;
+    let fanout_result = fanout.await.context("fanout task")?;
     let _ = admin.await;
-    tokio::task::spawn_blocking(move || follower.stop())
-        .await
-        .ok();
+    tokio::task::spawn_blocking(move || {
+        follower.stop();
+        pushes.stop();
+    })
+    .await
+    .ok();
     result.context("auth-coalesce stage")?;
+    fanout_result.context("fanout stage")?;
     ingress_result.context("ingress")
 }
 
