@@ -26,7 +26,13 @@ impl Default for PushConfig {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 fn sha256(data: &[u8]) -> Vec<u8> {
@@ -74,7 +80,7 @@ pub fn push_request(
         ),
         Platform::Fcm => (
             json!({"message": {
-                "token": device.device_token,
+                "token": &*device.device_token,
                 "data": {"unreadCount": count.count.to_string()},
                 "android": {
                     "collapse_key": collapse,
@@ -91,8 +97,8 @@ pub fn push_request(
     };
     let push_id = hex(&sha256(
         format!(
-            "{}/{}/{}/{}",
-            count.tenant, count.mailbox, count.sequence, device.key
+            "{}/{}/{}/{}/{}",
+            count.tenant, count.mailbox, count.sequence, device.platform, device.device_token
         )
         .as_bytes(),
     )[..16]);
@@ -101,8 +107,8 @@ pub fn push_request(
         tenant: count.tenant.clone(),
         mailbox: count.mailbox.clone(),
         platform: device.platform,
-        device_token: device.device_token.clone(),
-        app_id: device.app_id.clone(),
+        device_token: device.device_token.to_string(),
+        app_id: device.app_id.to_string(),
         environment: device.environment,
         badge: count.count,
         collapse_id: collapse,
@@ -136,7 +142,6 @@ mod tests {
 
     fn device(platform: Platform) -> Device {
         Device {
-            key: "fabrikam.com/alice@fabrikam.com/apns/d1".into(),
             platform: platform as i32,
             device_token: "d1".into(),
             app_id: "com.example.mail".into(),

@@ -4,32 +4,60 @@ use std::collections::HashMap;
 
 use pushrelay_proto::v1::Subscription;
 
-/// One subscribed device of a mailbox.
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// One subscribed device of a mailbox. Kept small: a table holds millions of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {
-    /// Its key in the subscriptions topic: `{tenant}/{mailbox}/{platform}/{device}`.
-    pub key: String,
     /// `pushrelay.v1.Platform`.
     pub platform: i32,
-    /// Provider device token.
-    pub device_token: String,
-    /// APNs topic or FCM project.
-    pub app_id: String,
     /// `pushrelay.v1.Environment`.
     pub environment: i32,
     /// When subscribed, Unix milliseconds.
     pub created_ms: i64,
     /// When it stops receiving pushes, Unix milliseconds.
     pub expires_ms: i64,
+    /// Provider device token.
+    pub device_token: Box<str>,
+    /// APNs topic or FCM project (shared: a tenant has few apps).
+    pub app_id: Arc<str>,
 }
 
-/// The `{tenant}/{mailbox}` part of a subscription key
-/// (`{tenant}/{mailbox}/{platform}/{device}`; device tokens hold no `/`).
-pub fn mailbox_of(subscription_key: &str) -> Option<&str> {
+impl Device {
+    /// Its key in the subscriptions topic: `{tenant}/{mailbox}/{platform}/{device}`.
+    pub fn subscription_key(&self, mailbox_key: &str) -> String {
+        format!(
+            "{mailbox_key}/{}/{}",
+            platform_name(self.platform),
+            self.device_token
+        )
+    }
+}
+
+/// The lower-case platform name keys use.
+pub fn platform_name(platform: i32) -> &'static str {
+    match platform {
+        1 => "apns",
+        2 => "fcm",
+        3 => "probe",
+        _ => "unknown",
+    }
+}
+
+/// The parts of a subscription key `{tenant}/{mailbox}/{platform}/{device}` (device tokens
+/// hold no `/`): the mailbox key, the platform name and the device token.
+pub fn split_key(subscription_key: &str) -> Option<(&str, &str, &str)> {
     let mut parts = subscription_key.rsplitn(3, '/');
-    let _device = parts.next()?;
-    let _platform = parts.next()?;
-    parts.next().filter(|mailbox| mailbox.contains('/'))
+    let device = parts.next()?;
+    let platform = parts.next()?;
+    let mailbox = parts.next().filter(|mailbox| mailbox.contains('/'))?;
+    Some((mailbox, platform, device))
+}
+
+/// The `{tenant}/{mailbox}` part of a subscription key.
+pub fn mailbox_of(subscription_key: &str) -> Option<&str> {
+    split_key(subscription_key).map(|(mailbox, _, _)| mailbox)
 }
 
 /// What applying a record changed.
@@ -42,7 +70,8 @@ pub struct Applied {
 /// Per assigned partition, per `{tenant}/{mailbox}`, the live devices.
 #[derive(Debug)]
 pub struct SubscriptionTable {
-    partitions: HashMap<i32, HashMap<String, Vec<Device>>>,
+    partitions: HashMap<i32, HashMap<Box<str>, Vec<Device>>>,
+    apps: HashSet<Arc<str>>,
     max_devices: usize,
     len: usize,
 }
@@ -52,6 +81,7 @@ impl SubscriptionTable {
     pub fn new(max_devices: usize) -> Self {
         Self {
             partitions: HashMap::new(),
+            apps: HashSet::new(),
             max_devices: max_devices.max(1),
             len: 0,
         }
@@ -67,37 +97,51 @@ impl SubscriptionTable {
         self.len == 0
     }
 
+    fn app(&mut self, app_id: &str) -> Arc<str> {
+        if let Some(app) = self.apps.get(app_id) {
+            return Arc::clone(app);
+        }
+        let app: Arc<str> = Arc::from(app_id);
+        self.apps.insert(Arc::clone(&app));
+        app
+    }
+
     /// Applies one record of the subscriptions topic: a value adds or replaces the
     /// device, a tombstone (`None`) removes it. Keys that do not parse are ignored.
     pub fn apply(&mut self, partition: i32, key: &str, value: Option<&Subscription>) -> Applied {
-        let Some(mailbox) = mailbox_of(key) else {
+        let Some((mailbox, platform, token)) = split_key(key) else {
             return Applied::default();
         };
+        let device = value.map(|sub| Device {
+            platform: sub.platform,
+            environment: sub.environment,
+            created_ms: sub.created_time_ms,
+            expires_ms: sub.expires_time_ms,
+            device_token: Box::from(token),
+            app_id: self.app(&sub.app_id),
+        });
+        let max_devices = self.max_devices;
         let mailboxes = self.partitions.entry(partition).or_default();
-        let devices = mailboxes.entry(mailbox.to_owned()).or_default();
+        let devices = match mailboxes.get_mut(mailbox) {
+            Some(devices) => devices,
+            None => mailboxes.entry(Box::from(mailbox)).or_default(),
+        };
         let before = devices.len();
-        devices.retain(|d| d.key != key);
+        devices.retain(|d| !(platform_name(d.platform) == platform && &*d.device_token == token));
         let mut applied = Applied::default();
-        if let Some(sub) = value {
-            devices.push(Device {
-                key: key.to_owned(),
-                platform: sub.platform,
-                device_token: sub.device_token.clone(),
-                app_id: sub.app_id.clone(),
-                environment: sub.environment,
-                created_ms: sub.created_time_ms,
-                expires_ms: sub.expires_time_ms,
-            });
-            if devices.len() > self.max_devices {
+        if let Some(device) = device {
+            devices.push(device);
+            if devices.len() > max_devices {
                 // Keep the most recently subscribed devices.
                 devices.sort_by_key(|d| std::cmp::Reverse(d.created_ms));
                 applied.evicted = devices
-                    .split_off(self.max_devices)
-                    .into_iter()
-                    .map(|d| d.key)
+                    .split_off(max_devices)
+                    .iter()
+                    .map(|d| d.subscription_key(mailbox))
                     .collect();
             }
         }
+        devices.shrink_to_fit();
         let after = devices.len();
         if devices.is_empty() {
             mailboxes.remove(mailbox);
@@ -121,16 +165,23 @@ impl SubscriptionTable {
         else {
             return (Vec::new(), Vec::new());
         };
-        let (live, expired): (Vec<Device>, Vec<Device>) =
-            devices.drain(..).partition(|d| d.expires_ms > now_ms);
-        *devices = live.clone();
-        self.len -= expired.len();
-        if devices.is_empty()
+        let expired: Vec<String> = devices
+            .iter()
+            .filter(|d| d.expires_ms <= now_ms)
+            .map(|d| d.subscription_key(mailbox))
+            .collect();
+        if !expired.is_empty() {
+            devices.retain(|d| d.expires_ms > now_ms);
+            devices.shrink_to_fit();
+            self.len -= expired.len();
+        }
+        let live = devices.clone();
+        if live.is_empty()
             && let Some(mailboxes) = self.partitions.get_mut(&partition)
         {
             mailboxes.remove(mailbox);
         }
-        (live, expired.into_iter().map(|d| d.key).collect())
+        (live, expired)
     }
 
     /// Forgets a partition (revoked).
@@ -185,9 +236,7 @@ mod tests {
         assert_eq!(t.len(), 2, "a repeated subscription replaces");
         let (live, expired) = t.devices(0, "fabrikam.com/a@x", 500);
         assert_eq!(
-            live.iter()
-                .map(|d| d.device_token.as_str())
-                .collect::<Vec<_>>(),
+            live.iter().map(|d| &*d.device_token).collect::<Vec<_>>(),
             ["d2"]
         );
         assert_eq!(expired, [key("d1")]);
