@@ -1,0 +1,17 @@
+//! The provider-facing core of delivery, without I/O:
+//!
+//! - [`outcome`]: what an APNs or FCM answer means (delivered, retry, final, unregistered);
+//! - [`retry`]: exponential backoff with full jitter that honours `Retry-After`, and the
+//!   retry budget;
+//! - [`apns`]: the ES256 provider token (refreshed every 20–50 minutes, never more often)
+//!   and the HTTP/2 request of a push;
+//! - [`fcm`]: the service-account OAuth2 assertion, the access-token cache, and the HTTP v1
+//!   request of a push.
+//!
+//! The delivery stage (consuming `pushrelay.push-requests`, the HTTP/2 clients, receipts)
+//! builds on these.
+
+pub mod apns;
+pub mod fcm;
+pub mod outcome;
+pub mod retry;
