@@ -16,8 +16,6 @@ use pushrelay_proto::Message;
 use pushrelay_proto::v1::{Subscription, UnreadCount};
 use pushrelay_telemetry::Health;
 use pushrelay_testkit::{TestBroker, TestRecord, produce_records, producer, wait_for_records};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 12;
@@ -27,28 +25,6 @@ fn env_or(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn committed(brokers: &str, group: &str, topic: &str) -> i64 {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .create()
-        .expect("offsets client");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition(topic, p);
-    }
-    consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed offsets")
-        .elements()
-        .iter()
-        .map(|e| match e.offset() {
-            Offset::Offset(n) => n,
-            _ => 0,
-        })
-        .sum()
 }
 
 fn main() {
@@ -122,7 +98,7 @@ fn main() {
         let total = records as i64 + 1;
         loop {
             let (brokers, group, topic) = (kafka.brokers.clone(), group.clone(), topics.unread_counts.clone());
-            let done = tokio::task::spawn_blocking(move || committed(&brokers, &group, &topic)).await.expect("thread");
+            let done = tokio::task::spawn_blocking(move || pushrelay_testkit::committed_offsets(&brokers, &group, &topic, PARTITIONS)).await.expect("thread");
             if done >= total {
                 break;
             }

@@ -18,8 +18,6 @@ use pushrelay_telemetry::Health;
 use pushrelay_testkit::{
     TestBroker, TestTenant, produce, produce_many, producer, wait_for_records,
 };
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 12;
@@ -29,29 +27,6 @@ fn env_or(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn committed(brokers: &str, group: &str, topic: &str) -> i64 {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .create()
-        .expect("offsets client");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition(topic, p);
-    }
-    let committed = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed offsets");
-    committed
-        .elements()
-        .iter()
-        .map(|e| match e.offset() {
-            Offset::Offset(n) => n,
-            _ => 0,
-        })
-        .sum()
 }
 
 fn main() {
@@ -116,7 +91,7 @@ fn main() {
         loop {
             let brokers = kafka.brokers.clone();
             let (group, topic) = (group.clone(), topics.mailbox_changes.clone());
-            let done = tokio::task::spawn_blocking(move || committed(&brokers, &group, &topic))
+            let done = tokio::task::spawn_blocking(move || pushrelay_testkit::committed_offsets(&brokers, &group, &topic, PARTITIONS))
                 .await
                 .expect("offsets thread");
             if done >= total {

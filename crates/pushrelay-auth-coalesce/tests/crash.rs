@@ -4,75 +4,32 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{PARTITIONS, change, key, settled_counts};
 use pushrelay_kafka::KafkaArgs;
 use pushrelay_proto::Message;
 use pushrelay_testkit::{
-    TestBroker, TestTenant, produce, produce_many, producer, wait_for_records,
+    StageProcess, TestBroker, TestTenant, produce, produce_many, producer, wait_for_records,
 };
 
 const MAILBOXES: usize = 200;
 const ROUNDS: u64 = 30;
 
-/// A stage process, killed when dropped so a failing test leaves nothing running.
-struct StageProcess(Option<Child>);
-
-impl StageProcess {
-    fn pid(&self) -> u32 {
-        self.0.as_ref().map_or(0, Child::id)
-    }
-
-    fn sigkill(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            child.kill().expect("SIGKILL");
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGTERM, then the exit status.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let mut child = self.0.take().expect("running");
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(status.success());
-        child.wait().expect("exit status")
-    }
-}
-
-impl Drop for StageProcess {
-    fn drop(&mut self) {
-        self.sigkill();
-    }
-}
-
 fn spawn_stage(kafka: &KafkaArgs, name: &str) -> StageProcess {
-    let properties: Vec<String> = kafka
-        .properties
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    Command::new(env!("CARGO_BIN_EXE_pushrelay-auth"))
-        .env("PUSHRELAY_BROKERS", &kafka.brokers)
-        .env("PUSHRELAY_TOPIC_PREFIX", &kafka.topic_prefix)
-        .env("PUSHRELAY_PARTITIONS", PARTITIONS.to_string())
-        .env("PUSHRELAY_KAFKA_PROPERTIES", properties.join(","))
-        .env("PUSHRELAY_GROUP", format!("{}auth", kafka.topic_prefix))
-        .env("PUSHRELAY_ADMIN_ADDR", "127.0.0.1:0")
-        .env("PUSHRELAY_QUIET_PERIOD_MS", "100")
-        .env("PUSHRELAY_MAX_DELAY_MS", "300")
-        .env(
-            "PUSHRELAY_LOG",
-            format!("warn,pushrelay_kafka=info,{name}=info"),
-        )
-        .stdin(Stdio::null())
-        .spawn()
-        .map(|child| StageProcess(Some(child)))
-        .expect("the stage binary starts")
+    StageProcess::spawn(
+        env!("CARGO_BIN_EXE_pushrelay-auth"),
+        kafka,
+        &[
+            ("PUSHRELAY_GROUP", format!("{}auth", kafka.topic_prefix)),
+            ("PUSHRELAY_QUIET_PERIOD_MS", "100".to_owned()),
+            ("PUSHRELAY_MAX_DELAY_MS", "300".to_owned()),
+            (
+                "PUSHRELAY_LOG",
+                format!("warn,pushrelay_kafka=info,{name}=info"),
+            ),
+        ],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,65 +5,28 @@
 //! pushes to its device; expired subscriptions get none and are tombstoned.
 
 use std::collections::{BTreeSet, HashMap};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use pushrelay_kafka::{KafkaArgs, Record, murmur2_partition};
 use pushrelay_proto::Message;
 use pushrelay_proto::v1::{Platform, PushRequest, Subscription, UnreadCount};
 use pushrelay_testkit::{
-    TestBroker, TestRecord, produce_records, producer, read_topic, wait_for_records,
+    StageProcess, TestBroker, TestRecord, produce_records, producer, read_topic, wait_for_records,
 };
 
 const PARTITIONS: i32 = 4;
 const MAILBOXES: usize = 500;
 const TENANT: &str = "fabrikam.com";
 
-struct Instance(Option<Child>);
-
-impl Instance {
-    fn start(kafka: &KafkaArgs) -> Self {
-        let properties: Vec<String> = kafka
-            .properties
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        let child = Command::new(env!("CARGO_BIN_EXE_pushrelay-fanout"))
-            .env("PUSHRELAY_BROKERS", &kafka.brokers)
-            .env("PUSHRELAY_TOPIC_PREFIX", &kafka.topic_prefix)
-            .env("PUSHRELAY_PARTITIONS", PARTITIONS.to_string())
-            .env("PUSHRELAY_KAFKA_PROPERTIES", properties.join(","))
-            .env("PUSHRELAY_GROUP", format!("{}fanout", kafka.topic_prefix))
-            .env("PUSHRELAY_ADMIN_ADDR", "127.0.0.1:0")
-            .env("PUSHRELAY_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("the fanout binary starts");
-        Self(Some(child))
-    }
-
-    fn sigkill(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let mut child = self.0.take().expect("running");
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        child.wait().expect("exit status")
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        self.sigkill();
-    }
+fn start_instance(kafka: &KafkaArgs) -> StageProcess {
+    StageProcess::spawn(
+        env!("CARGO_BIN_EXE_pushrelay-fanout"),
+        kafka,
+        &[
+            ("PUSHRELAY_GROUP", format!("{}fanout", kafka.topic_prefix)),
+            ("PUSHRELAY_LOG", "warn".to_owned()),
+        ],
+    )
 }
 
 fn mailbox(i: usize) -> String {
@@ -184,8 +147,8 @@ async fn scenario(broker: &TestBroker) {
     }
     produce_records(&producer, &topics.subscriptions, &subs).await;
 
-    let mut first = Instance::start(&kafka);
-    let second = Instance::start(&kafka);
+    let mut first = start_instance(&kafka);
+    let second = start_instance(&kafka);
     produce_records(&producer, &topics.unread_counts, &counts(1)).await;
     let records = wait_for_records(
         &kafka,
@@ -324,7 +287,7 @@ async fn a_backlog_becomes_one_push_per_device_with_the_latest_count() {
         for round in 1..=5 {
             produce_records(&producer, &topics.unread_counts, &counts(round)).await;
         }
-        let instance = Instance::start(&kafka);
+        let instance = start_instance(&kafka);
         let records = wait_for_records(
             &kafka,
             &topics.push_requests,

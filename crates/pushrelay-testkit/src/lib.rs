@@ -293,33 +293,18 @@ pub fn topics(args: &KafkaArgs) -> Topics {
     args.topics()
 }
 
-/// Produces many records with every one in flight at once, then waits for all acks.
+/// Produces many keyed records (murmur2 partitioner) with every one in flight at once,
+/// then waits for all acks.
 pub async fn produce_many(producer: &FutureProducer, topic: &str, records: &[(Vec<u8>, Vec<u8>)]) {
-    let mut pending = Vec::with_capacity(records.len());
-    for (key, payload) in records {
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
-            .key(key.as_slice())
-            .payload(payload.as_slice());
-        loop {
-            match producer.send_result(record) {
-                Ok(delivery) => {
-                    pending.push(delivery);
-                    break;
-                }
-                Err((_, returned)) => {
-                    record = returned;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        }
-    }
-    for delivery in pending {
-        delivery
-            .await
-            .expect("delivery future")
-            .map_err(|(err, _)| err)
-            .expect("test record acknowledged");
-    }
+    let records: Vec<TestRecord> = records
+        .iter()
+        .map(|(key, value)| TestRecord {
+            key: key.clone(),
+            partition: None,
+            value: Some(value.clone()),
+        })
+        .collect();
+    produce_records(producer, topic, &records).await;
 }
 
 /// Sends the stages' logs to the test output (`PUSHRELAY_TEST_LOG` sets the filter,
@@ -375,5 +360,92 @@ pub async fn produce_records(producer: &FutureProducer, topic: &str, records: &[
             .expect("delivery future")
             .map_err(|(err, _)| err)
             .expect("test record acknowledged");
+    }
+}
+
+/// The sum of `group`'s committed offsets over `partitions` partitions of `topic`
+/// (load harnesses wait for it to reach what they produced). Blocking.
+pub fn committed_offsets(brokers: &str, group: &str, topic: &str, partitions: i32) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .expect("offsets client");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets")
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            rdkafka::Offset::Offset(n) => n,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// A stage binary run as a child process against a test broker, killed when dropped so
+/// a failing test leaves nothing running.
+#[derive(Debug)]
+pub struct StageProcess(Option<std::process::Child>);
+
+impl StageProcess {
+    /// Starts `binary` with the broker, topic prefix, partitions and pass-through
+    /// properties of `kafka`, its admin server on a free port, and `env`.
+    pub fn spawn(binary: &str, kafka: &KafkaArgs, env: &[(&str, String)]) -> Self {
+        let properties: Vec<String> = kafka
+            .properties
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let mut command = std::process::Command::new(binary);
+        command
+            .env("PUSHRELAY_BROKERS", &kafka.brokers)
+            .env("PUSHRELAY_TOPIC_PREFIX", &kafka.topic_prefix)
+            .env(
+                "PUSHRELAY_PARTITIONS",
+                kafka.bootstrap.partitions.to_string(),
+            )
+            .env("PUSHRELAY_KAFKA_PROPERTIES", properties.join(","))
+            .env("PUSHRELAY_ADMIN_ADDR", "127.0.0.1:0")
+            .stdin(std::process::Stdio::null());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        Self(Some(command.spawn().expect("the stage binary starts")))
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().map_or(0, std::process::Child::id)
+    }
+
+    /// SIGKILL, and wait for it.
+    pub fn sigkill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then its exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let mut child = self.0.take().expect("running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        child.wait().expect("exit status")
+    }
+}
+
+impl Drop for StageProcess {
+    fn drop(&mut self) {
+        self.sigkill();
     }
 }
