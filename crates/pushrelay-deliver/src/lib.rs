@@ -8,10 +8,12 @@
 //! - [`fcm`]: the service-account OAuth2 assertion, the access-token cache, and the HTTP v1
 //!   request of a push.
 //!
-//! The delivery stage (consuming `pushrelay.push-requests`, the HTTP/2 clients, receipts)
-//! builds on these.
+//! [`client`] sends with them over HTTP/2: [`client::ApnsClient`] (TLS, HTTP/2 only,
+//! configurable base URL and extra CA) and [`client::FcmClient`] (token exchange, cached).
+//! The delivery stage (consuming `pushrelay.push-requests`, receipts) builds on these.
 
 pub mod apns;
+pub mod client;
 pub mod fcm;
 pub mod outcome;
 pub mod retry;
