@@ -13,7 +13,7 @@
 
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 mod config;
 pub use config::CoalesceConfig;
@@ -183,11 +183,6 @@ impl Coalescer {
             tracked: 0,
             pending: 0,
         }
-    }
-
-    /// Its configuration.
-    pub fn config(&self) -> &CoalesceConfig {
-        &self.config
     }
 
     /// Current sizes, for metrics.
@@ -445,11 +440,6 @@ fn flush_state(partition: i32, key: &str, state: &mut MailboxState) -> Option<Fl
         last_ingress_time_ms: pending.last_ingress_time_ms,
         last_event_id: pending.event_id,
     }))
-}
-
-/// Deadline helper for callers that sleep: how long from `now` until `deadline`.
-pub fn until(deadline: Instant, now: Instant) -> Duration {
-    deadline.saturating_duration_since(now)
 }
 
 #[cfg(test)]

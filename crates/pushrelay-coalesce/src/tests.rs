@@ -1,4 +1,5 @@
 use super::*;
+use std::time::Duration;
 use tokio::time::{Instant as TokioInstant, advance};
 
 const QUIET: Duration = Duration::from_millis(250);

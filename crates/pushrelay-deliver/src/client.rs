@@ -48,6 +48,22 @@ fn http_client(
         .map_err(|err| ClientError::Http(err.to_string()))
 }
 
+/// A provider's answer: status, `Retry-After`, body (empty if it could not be read).
+async fn read_answer(response: reqwest::Response) -> (u16, Option<String>, Vec<u8>) {
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = response
+        .bytes()
+        .await
+        .map(|b| b.to_vec())
+        .unwrap_or_default();
+    (status, retry_after, body)
+}
+
 /// Sends pushes to APNs with token-based authentication.
 pub struct ApnsClient {
     http: reqwest::Client,
@@ -111,13 +127,7 @@ impl ApnsClient {
                 };
             }
         };
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = response.bytes().await.unwrap_or_default();
+        let (status, retry_after, body) = read_answer(response).await;
         let outcome = outcome::apns(status, &body, retry_after.as_deref());
         if status == 403 && matches!(outcome, Outcome::Retry { .. }) {
             self.token.lock().await.rejected(now);
@@ -218,13 +228,7 @@ impl FcmClient {
                 };
             }
         };
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = response.bytes().await.unwrap_or_default();
+        let (status, retry_after, body) = read_answer(response).await;
         if status == 401 {
             self.cache.lock().await.invalidate();
         }

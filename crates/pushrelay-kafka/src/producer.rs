@@ -126,11 +126,6 @@ impl<T: Send + Sync + 'static> AckProducer<T> {
         }
     }
 
-    /// Records queued or in flight that have not been acknowledged yet.
-    pub fn in_flight(&self) -> i32 {
-        self.inner.in_flight_count()
-    }
-
     /// Waits up to `timeout` for every queued record to be acknowledged.
     pub async fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         let inner = Arc::clone(&self.inner);
