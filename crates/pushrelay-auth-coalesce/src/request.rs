@@ -5,8 +5,9 @@ use pushrelay_auth::Rejection;
 use pushrelay_coalesce::{Change, Emission, mailbox_key};
 use pushrelay_kafka::{Record, murmur2_partition};
 use pushrelay_proto::Message;
+use pushrelay_proto::keys::subscription_key;
 use pushrelay_proto::v1::{
-    FeedbackKind, MailboxChange, Platform, Subscription, SubscriptionAction, SubscriptionChange,
+    FeedbackKind, MailboxChange, Subscription, SubscriptionAction, SubscriptionChange,
     TenantFeedback, UnreadCount,
 };
 
@@ -192,15 +193,7 @@ pub fn decode_subscription_change(record: &Record) -> Result<SubscriptionChange,
     Ok(change)
 }
 
-/// The lower-case name of a platform, as keys spell it.
-pub fn platform_name(platform: i32) -> Option<&'static str> {
-    match Platform::try_from(platform) {
-        Ok(Platform::Apns) => Some("apns"),
-        Ok(Platform::Fcm) => Some("fcm"),
-        Ok(Platform::Probe) => Some("probe"),
-        _ => None,
-    }
-}
+pub use pushrelay_proto::keys::platform_name;
 
 /// What an accepted subscription change writes to the compacted `subscriptions` topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,9 +216,8 @@ pub fn subscription_output(
     max_lifetime: std::time::Duration,
     now_ms: i64,
 ) -> SubscriptionOutput {
-    let platform = platform_name(change.platform).unwrap_or("unknown");
     let partition_key = mailbox_key(tenant, &change.mailbox);
-    let key = format!("{partition_key}/{platform}/{}", change.device_token);
+    let key = subscription_key(&partition_key, change.platform, &change.device_token);
     if change.action == SubscriptionAction::Unsubscribe as i32 {
         return SubscriptionOutput {
             key,

@@ -103,14 +103,7 @@ impl Emission {
     }
 }
 
-/// The Kafka key of a mailbox: `{tenant}/{mailbox}`.
-pub fn mailbox_key(tenant: &str, mailbox: &str) -> String {
-    let mut key = String::with_capacity(tenant.len() + 1 + mailbox.len());
-    key.push_str(tenant);
-    key.push('/');
-    key.push_str(mailbox);
-    key
-}
+pub use pushrelay_proto::keys::mailbox_key;
 
 /// Counters of what the coalescer did, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

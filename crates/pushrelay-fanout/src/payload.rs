@@ -50,13 +50,7 @@ pub fn collapse_id(tenant: &str, mailbox: &str) -> String {
 
 /// The Kafka key of a push: `{platform}/{device}`.
 pub fn push_key(device: &Device) -> String {
-    let platform = match Platform::try_from(device.platform) {
-        Ok(Platform::Apns) => "apns",
-        Ok(Platform::Fcm) => "fcm",
-        Ok(Platform::Probe) => "probe",
-        _ => "unknown",
-    };
-    format!("{platform}/{}", device.device_token)
+    pushrelay_proto::keys::push_key(device.platform, &device.device_token)
 }
 
 /// One push request for `device` carrying `count`. The push id is derived from the count

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use pushrelay_proto::keys::{platform_name, subscription_key};
 use pushrelay_proto::v1::Subscription;
 
 use std::collections::HashSet;
@@ -27,23 +28,10 @@ pub struct Device {
 impl Device {
     /// Its key in the subscriptions topic: `{tenant}/{mailbox}/{platform}/{device}`.
     pub fn subscription_key(&self, mailbox_key: &str) -> String {
-        format!(
-            "{mailbox_key}/{}/{}",
-            platform_name(self.platform),
-            self.device_token
-        )
+        subscription_key(mailbox_key, self.platform, &self.device_token)
     }
 }
 
-/// The lower-case platform name keys use.
-pub fn platform_name(platform: i32) -> &'static str {
-    match platform {
-        1 => "apns",
-        2 => "fcm",
-        3 => "probe",
-        _ => "unknown",
-    }
-}
 
 /// The parts of a subscription key `{tenant}/{mailbox}/{platform}/{device}` (device tokens
 /// hold no `/`): the mailbox key, the platform name and the device token.
@@ -127,7 +115,10 @@ impl SubscriptionTable {
             None => mailboxes.entry(Box::from(mailbox)).or_default(),
         };
         let before = devices.len();
-        devices.retain(|d| !(platform_name(d.platform) == platform && &*d.device_token == token));
+        devices.retain(|d| {
+            !(platform_name(d.platform).unwrap_or("unknown") == platform
+                && &*d.device_token == token)
+        });
         let mut applied = Applied::default();
         if let Some(device) = device {
             devices.push(device);

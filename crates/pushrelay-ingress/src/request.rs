@@ -244,10 +244,7 @@ fn parse_protobuf_notifications(body: &[u8]) -> Result<Vec<Notification>, ApiErr
         .collect()
 }
 
-/// The Kafka key of a mailbox: `{tenant}/{mailbox}`.
-pub fn mailbox_key(tenant: &str, mailbox: &str) -> String {
-    format!("{tenant}/{mailbox}")
-}
+pub use pushrelay_proto::keys::mailbox_key;
 
 /// The `MailboxChange` records of a request, with their keys.
 pub fn mailbox_changes(

@@ -8,4 +8,6 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/pushrelay.v1.rs"));
 }
 
+pub mod keys;
+
 pub use prost::Message;
