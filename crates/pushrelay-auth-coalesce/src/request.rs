@@ -280,6 +280,7 @@ pub fn unread_count(emission: &Emission, now_ms: i64) -> UnreadCount {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pushrelay_proto::v1::Platform;
     use std::sync::Arc;
 
     fn record(key: &str, partition: i32, payload: Option<Vec<u8>>) -> Record {
