@@ -7,7 +7,7 @@ use tokio::sync::Mutex;
 
 use crate::apns::{self, ProviderToken};
 use crate::fcm::{Credentials, TokenCache, parse_token_response};
-use crate::outcome::{self, Outcome};
+use crate::outcome::{self, Answer, Outcome};
 
 /// Why a client cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -96,13 +96,16 @@ impl ApnsClient {
     }
 
     /// Sends one push and classifies the answer.
-    pub async fn send(&self, push: &PushRequest) -> Outcome {
+    pub async fn send(&self, push: &PushRequest) -> Answer {
         let now = now_secs();
         let token = match self.token.lock().await.token(now) {
             Ok(token) => token.to_owned(),
             Err(err) => {
-                return Outcome::Final {
-                    reason: format!("cannot sign the provider token: {err}"),
+                return Answer {
+                    status: 0,
+                    outcome: Outcome::Final {
+                        reason: format!("cannot sign the provider token: {err}"),
+                    },
                 };
             }
         };
@@ -120,19 +123,14 @@ impl ApnsClient {
         }
         let response = match builder.send().await {
             Ok(response) => response,
-            Err(err) => {
-                return Outcome::Retry {
-                    reason: format!("APNs unreachable: {err}"),
-                    after: None,
-                };
-            }
+            Err(err) => return Answer::unreachable(format!("APNs unreachable: {err}")),
         };
         let (status, retry_after, body) = read_answer(response).await;
         let outcome = outcome::apns(status, &body, retry_after.as_deref());
         if status == 403 && matches!(outcome, Outcome::Retry { .. }) {
             self.token.lock().await.rejected(now);
         }
-        outcome
+        Answer { status, outcome }
     }
 }
 
@@ -201,15 +199,10 @@ impl FcmClient {
     }
 
     /// Sends one push (its payload is the FCM message JSON) and classifies the answer.
-    pub async fn send(&self, push: &PushRequest) -> Outcome {
+    pub async fn send(&self, push: &PushRequest) -> Answer {
         let token = match self.access_token().await {
             Ok(token) => token,
-            Err(reason) => {
-                return Outcome::Retry {
-                    reason,
-                    after: None,
-                };
-            }
+            Err(reason) => return Answer::unreachable(reason),
         };
         let response = match self
             .http
@@ -221,17 +214,15 @@ impl FcmClient {
             .await
         {
             Ok(response) => response,
-            Err(err) => {
-                return Outcome::Retry {
-                    reason: format!("FCM unreachable: {err}"),
-                    after: None,
-                };
-            }
+            Err(err) => return Answer::unreachable(format!("FCM unreachable: {err}")),
         };
         let (status, retry_after, body) = read_answer(response).await;
         if status == 401 {
             self.cache.lock().await.invalidate();
         }
-        outcome::fcm(status, &body, retry_after.as_deref())
+        Answer {
+            status,
+            outcome: outcome::fcm(status, &body, retry_after.as_deref()),
+        }
     }
 }

@@ -10,10 +10,24 @@
 //!
 //! [`client`] sends with them over HTTP/2: [`client::ApnsClient`] (TLS, HTTP/2 only,
 //! configurable base URL and extra CA) and [`client::FcmClient`] (token exchange, cached).
-//! The delivery stage (consuming `pushrelay.push-requests`, receipts) builds on these.
+//!
+//! The stage (`stage`, Kafka I/O) consumes `pushrelay.push-requests`; [`scheduler`] (pure)
+//! decides what to send when: one push at a time per device and mailbox, newer badges
+//! replacing older ones, retries on timers, a bound on sends in flight. [`providers`]
+//! routes each platform to its client, the `log` provider or the `PROBE` recorder.
 
 pub mod apns;
 pub mod client;
+pub mod config;
 pub mod fcm;
 pub mod outcome;
+pub mod providers;
 pub mod retry;
+pub mod scheduler;
+mod stage;
+
+pub use config::DeliverArgs;
+pub use stage::{DeliverError, run};
+
+/// The stage's name in dead letters and logs.
+pub const STAGE: &str = "deliver";

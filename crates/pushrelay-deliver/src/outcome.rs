@@ -28,6 +28,28 @@ pub enum Outcome {
     },
 }
 
+/// A provider's answer to one send: its HTTP status (0 when none arrived) and what it means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// HTTP status; 0 when the provider could not be reached.
+    pub status: u16,
+    /// The classification.
+    pub outcome: Outcome,
+}
+
+impl Answer {
+    /// No answer arrived (connection refused, timeout, token exchange failed).
+    pub fn unreachable(reason: String) -> Self {
+        Self {
+            status: 0,
+            outcome: Outcome::Retry {
+                reason,
+                after: None,
+            },
+        }
+    }
+}
+
 /// The `Retry-After` header as a delay (seconds form; an HTTP date is not used by APNs or FCM).
 pub fn retry_after(header: Option<&str>) -> Option<Duration> {
     header

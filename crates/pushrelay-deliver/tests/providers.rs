@@ -189,20 +189,20 @@ async fn apns_over_http2_with_a_verified_provider_token() {
     )
     .expect("client");
 
-    assert_eq!(client.send(&push("ok1")).await, Outcome::Delivered);
-    assert_eq!(client.send(&push("ok2")).await, Outcome::Delivered);
+    assert_eq!(client.send(&push("ok1")).await.outcome, Outcome::Delivered);
+    assert_eq!(client.send(&push("ok2")).await.outcome, Outcome::Delivered);
     assert!(matches!(
-        client.send(&push("gone")).await,
+        client.send(&push("gone")).await.outcome,
         Outcome::Unregistered { .. }
     ));
     assert_eq!(
-        client.send(&push("bad")).await,
+        client.send(&push("bad")).await.outcome,
         Outcome::Final {
             reason: "400 BadDeviceToken".into()
         }
     );
     assert_eq!(
-        client.send(&push("busy")).await,
+        client.send(&push("busy")).await.outcome,
         Outcome::Retry {
             reason: "429 TooManyRequests".into(),
             after: Some(Duration::from_secs(3))
@@ -238,7 +238,7 @@ async fn an_unreachable_provider_is_a_retry() {
     )
     .expect("client");
     assert!(matches!(
-        client.send(&push("x")).await,
+        client.send(&push("x")).await.outcome,
         Outcome::Retry { .. }
     ));
 }
@@ -321,12 +321,12 @@ async fn fcm_exchanges_its_assertion_once_and_classifies_answers() {
     };
     for i in 0..5 {
         assert_eq!(
-            client.send(&message(&format!("device{i}"))).await,
+            client.send(&message(&format!("device{i}"))).await.outcome,
             Outcome::Delivered
         );
     }
     assert!(matches!(
-        client.send(&message("gone")).await,
+        client.send(&message("gone")).await.outcome,
         Outcome::Unregistered { .. }
     ));
     assert_eq!(

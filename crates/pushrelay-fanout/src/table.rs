@@ -32,7 +32,6 @@ impl Device {
     }
 }
 
-
 /// The parts of a subscription key `{tenant}/{mailbox}/{platform}/{device}` (device tokens
 /// hold no `/`): the mailbox key, the platform name and the device token.
 pub fn split_key(subscription_key: &str) -> Option<(&str, &str, &str)> {
