@@ -208,7 +208,7 @@ impl Stage {
             let timer = self.scheduler.next_timer();
             // At the pending limit the stage stops taking records: a slow provider slows
             // consumption instead of growing memory.
-            let can_take = self.scheduler.pending() < self.args.max_pending;
+            let can_take = self.pending() < self.args.max_pending;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break Ok(()),
@@ -220,7 +220,7 @@ impl Stage {
                     let Some(event) = event else { break Err(DeliverError::ConsumerStopped) };
                     self.on_event(event).await?;
                     for _ in 0..EVENT_BATCH {
-                        if self.scheduler.pending() >= self.args.max_pending {
+                        if self.pending() >= self.args.max_pending {
                             break;
                         }
                         match events.try_recv() {
@@ -234,6 +234,16 @@ impl Stage {
         self.consumer.stop();
         drop(events);
         result
+    }
+
+    /// Pushes in progress or folded, waiting to be submitted.
+    fn pending(&self) -> usize {
+        self.scheduler.pending()
+            + self
+                .catch_up
+                .values()
+                .map(|c| c.latest.len())
+                .sum::<usize>()
     }
 
     async fn on_event(&mut self, event: KafkaEvent) -> Result<(), DeliverError> {
@@ -295,7 +305,9 @@ impl Stage {
                     Some(held) if held.push.sequence > job.push.sequence => Some(job),
                     _ => catch_up.latest.insert(key, job),
                 };
-                let full = catch_up.latest.len() >= self.args.max_pending;
+                // Folded pushes count against the pending limit too.
+                let full =
+                    catch_up.latest.len() + self.scheduler.pending() >= self.args.max_pending;
                 ::metrics::counter!(PUSHES_FOLDED).increment(u64::from(older.is_some()));
                 if let Some(older) = older {
                     self.finish(superseded_by_catch_up(older), None).await?;
@@ -340,6 +352,7 @@ impl Stage {
             }
         }
         ::metrics::gauge!(IN_FLIGHT).set(self.scheduler.sending() as f64);
+        ::metrics::gauge!(PENDING).set(self.pending() as f64);
         Ok(())
     }
 
@@ -655,7 +668,7 @@ impl Stage {
         let committable = self.tracker.take_all_committable();
         self.consumer
             .store_offsets(&self.topics.push_requests, &committable);
-        ::metrics::gauge!(PENDING).set(self.scheduler.pending() as f64);
+        ::metrics::gauge!(PENDING).set(self.pending() as f64);
         ::metrics::gauge!(IN_FLIGHT).set(self.scheduler.sending() as f64);
         ::metrics::gauge!(OUTSTANDING).set(self.tracker.total_outstanding() as f64);
         Ok(())
