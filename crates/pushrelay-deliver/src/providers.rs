@@ -164,7 +164,7 @@ impl Providers {
                 tracing::info!(
                     tenant = %push.tenant,
                     mailbox = %push.mailbox,
-                    platform = push.platform().as_str_name(),
+                    platform = pushrelay_proto::keys::platform_name(push.platform).unwrap_or("unknown"),
                     device = %push.device_token,
                     app_id = %push.app_id,
                     badge = push.badge,

@@ -116,7 +116,8 @@ impl KafkaArgs {
     }
 
     /// The configuration of a consumer-group member that stores offsets only when told
-    /// to (`enable.auto.offset.store=false`) and auto-commits what was stored.
+    /// to (`enable.auto.offset.store=false`) and auto-commits what was stored, fetching
+    /// with at most 100 ms of broker-side wait.
     pub fn consumer_config(&self, group: &str) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
@@ -126,7 +127,10 @@ impl KafkaArgs {
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // A broker without long-poll wake-up (the embedded mock) answers a fetch
+            // only after this wait: keep each hop's idle latency low.
+            .set("fetch.wait.max.ms", "100");
         self.apply_properties(&mut config);
         config
     }
@@ -143,7 +147,8 @@ impl KafkaArgs {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "true");
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "100");
         self.apply_properties(&mut config);
         // A reader never joins a group, whatever was passed through.
         config.set("enable.auto.commit", "false");

@@ -1,9 +1,10 @@
 //! `pushrelay`: the relay's stages in one process, for trying it out.
 //!
 //! `pushrelay dev` starts an embedded broker (librdkafka's in-process mock cluster),
-//! registers a demo tenant with a freshly generated certificate, runs the stages that
-//! exist so far (auth-and-coalesce), and feeds them a demo mailbox so the whole path is
-//! visible in the log. `--brokers` runs the same against an external Kafka.
+//! registers a demo tenant with a freshly generated certificate, runs all four stages
+//! (ingress, auth-and-coalesce, fan-out, delivery with the `log` provider) and prints
+//! ready-to-paste `curl` commands, so the whole path is visible in the log. `--brokers`
+//! runs the same against an external Kafka.
 
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use pushrelay_auth::{KeyCredential, SigningKey, mint_token, thumbprint};
 use pushrelay_auth_coalesce::StageArgs;
 use pushrelay_kafka::{FollowEvent, KafkaArgs, TopicFollower, now_ms};
 use pushrelay_proto::Message;
-use pushrelay_proto::v1::{MailboxChange, PushRequest, Tenant, UnreadCount};
+use pushrelay_proto::v1::{MailboxChange, Tenant, UnreadCount};
 use pushrelay_telemetry::{Health, LogArgs};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -131,19 +132,15 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         health.clone(),
         shutdown.clone(),
     ));
-    let pushes = TopicFollower::start(&kafka, &topics.push_requests, |event| {
-        if let FollowEvent::Record(record) = event
-            && let Some(value) = record.payload
-            && let Ok(push) = PushRequest::decode(value.as_slice())
-        {
-            tracing::info!(
-                device = %String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()),
-                badge = push.badge, mailbox = %push.mailbox,
-                payload = %String::from_utf8_lossy(&push.payload),
-                "push request (the delivery stage arrives with its issue)"
-            );
-        }
-    })?;
+    // The `log` provider stands in for APNs and FCM: every push is logged.
+    let mut deliver_args = pushrelay_deliver::DeliverArgs::new(kafka.clone());
+    deliver_args.group = "pushrelay-dev-deliver".into();
+    deliver_args.log_provider = true;
+    let deliver = tokio::spawn(pushrelay_deliver::run(
+        deliver_args,
+        health.clone(),
+        shutdown.clone(),
+    ));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot bind the ingress to {}", args.listen))?;
@@ -183,7 +180,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             ""
         }
     );
-    println!("  stages   ingress {api}, auth-coalesce, fanout (deliver arrives with its issue)");
+    println!("  stages   ingress {api}, auth-coalesce, fanout, deliver (log provider)");
     println!("  tenant   {} (certificate x5t {})", demo.id, demo.x5t);
     println!("  admin    http://{admin_addr}/metrics  /healthz  /readyz");
     println!("  stop     Ctrl-C (drains and commits)");
@@ -196,7 +193,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "2. Send its unread count, then watch the log for \"unread count emitted\" and \"push request\":"
+        "2. Send its unread count, then watch the log for \"unread count emitted\" and \"push (log provider)\":"
     );
     println!();
     println!(
@@ -242,15 +239,16 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     shutdown.cancel();
     let ingress_result = ingress.await.context("ingress task")?;
     let fanout_result = fanout.await.context("fanout task")?;
+    let deliver_result = deliver.await.context("deliver task")?;
     let _ = admin.await;
     tokio::task::spawn_blocking(move || {
         follower.stop();
-        pushes.stop();
     })
     .await
     .ok();
     result.context("auth-coalesce stage")?;
     fanout_result.context("fanout stage")?;
+    deliver_result.context("delivery stage")?;
     ingress_result.context("ingress")
 }
 
