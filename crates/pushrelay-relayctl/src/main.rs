@@ -37,6 +37,43 @@ enum Command {
     /// Tokens for tests and demos.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// End-to-end connectivity probe: a synthetic notification through every stage, timed
+    /// hop by hop; exits 0 when its delivery receipt comes back delivered, 1 otherwise.
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ProbeArgs {
+    /// Tenant to probe (its registration, keys and token path are checked).
+    #[arg(long, env = "PUSHRELAY_PROBE_TENANT")]
+    tenant: String,
+    /// The ingress's base URL.
+    #[arg(
+        long,
+        env = "PUSHRELAY_INGRESS_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    ingress: String,
+    /// Private key (PKCS#8 PEM or DER) of one of the tenant's registered certificates.
+    #[arg(long, env = "PUSHRELAY_PROBE_KEY")]
+    key: PathBuf,
+    /// That certificate (PEM or DER).
+    #[arg(long, env = "PUSHRELAY_PROBE_CERT")]
+    cert: PathBuf,
+    /// Token issuer (`iss`); default: the registered tenant's.
+    #[arg(long)]
+    issuer: Option<String>,
+    /// Token audience.
+    #[arg(long, default_value = "pushrelay")]
+    audience: String,
+    /// Probe mailbox (default `relay-probe@{tenant}`).
+    #[arg(long)]
+    mailbox: Option<String>,
+    /// How long to wait for the delivery receipt, e.g. 30s, 2m.
+    #[arg(long, default_value = "30s", value_parser = parse_lifetime)]
+    timeout: std::time::Duration,
+    #[command(flatten)]
+    kafka: KafkaArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -251,6 +288,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let tenant = ops::remove_key(tenant, &key, now_ms())?;
             store::save(&kafka, &tenant).await?;
             print_tenant(&tenant, json);
+        }
+        Command::Probe(args) => {
+            let key = std::fs::read(&args.key)
+                .with_context(|| format!("reading {}", args.key.display()))?;
+            let cert = read_certs(&args.cert)?;
+            let thumbprint = cert
+                .first()
+                .and_then(|c| c.thumbprint.clone())
+                .context("no certificate in --cert")?;
+            let config = pushrelay_relayctl::probe::ProbeConfig {
+                kafka: args.kafka,
+                ingress: args.ingress,
+                tenant: args.tenant,
+                issuer: args.issuer,
+                audience: args.audience,
+                key,
+                thumbprint,
+                mailbox: args.mailbox,
+                timeout: args.timeout,
+            };
+            let report = pushrelay_relayctl::probe::run(&config).await;
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                println!("{report}");
+            }
+            if !report.succeeded {
+                std::process::exit(1);
+            }
         }
         Command::Token(TokenCommand::Mint {
             tenant,

@@ -150,6 +150,8 @@ pub struct TestTenant {
     pub issuer: String,
     /// Its private key.
     pub key: SigningKey,
+    /// The same key, PKCS#8 DER (for tools that read key files).
+    pub key_pkcs8_der: Vec<u8>,
     /// Its certificate (DER).
     pub certificate_der: Vec<u8>,
     /// Its certificate's `x5t`.
@@ -175,6 +177,7 @@ impl TestTenant {
             id: id.to_owned(),
             issuer: format!("00000002-0000-0ff1-ce00-000000000000@{id}"),
             key: SigningKey::from_pkcs8(&key.serialize_der()).expect("PKCS#8 key"),
+            key_pkcs8_der: key.serialize_der(),
             x5t: pushrelay_auth::thumbprint(&certificate_der),
             certificate_der,
         }
