@@ -171,6 +171,21 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     while !health.is_ready() && !stage.is_finished() && !ingress.is_finished() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The connectivity probe through every stage: it also waits for the consumer groups
+    // to settle, so the pasted commands below answer at once.
+    let files = DemoFiles::write(&demo)?;
+    let probe = pushrelay_relayctl::probe::run(&pushrelay_relayctl::probe::ProbeConfig {
+        kafka: kafka.clone(),
+        ingress: api.clone(),
+        tenant: demo.id.clone(),
+        issuer: None,
+        audience: "pushrelay".into(),
+        key: demo.key_pkcs8_der.clone(),
+        thumbprint: demo.x5t.clone(),
+        mailbox: None,
+        timeout: Duration::from_secs(60),
+    })
+    .await;
     println!();
     println!(
         "pushrelay dev: running on {brokers}{}",
@@ -183,6 +198,22 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     println!("  stages   ingress {api}, auth-coalesce, fanout, deliver (log provider)");
     println!("  tenant   {} (certificate x5t {})", demo.id, demo.x5t);
     println!("  admin    http://{admin_addr}/metrics  /healthz  /readyz");
+    println!(
+        "  probe    {}{}",
+        if probe.succeeded {
+            "Succeeded"
+        } else {
+            "Failed: "
+        },
+        if probe.succeeded {
+            format!(
+                ", {} ms end to end",
+                probe.end_to_end_ms.unwrap_or_default()
+            )
+        } else {
+            probe.error.clone()
+        }
+    );
     println!("  stop     Ctrl-C (drains and commits)");
     println!();
     println!("1. Subscribe a device to a mailbox (a token valid 12 h is inside):");
@@ -199,6 +230,16 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     println!(
         "curl -sS -X POST {api}/v1/notifications -H 'Authorization: Bearer {token}' \\\n  -H 'Content-Type: application/json' \\\n  -d '{{\"notifications\":[{{\"mailbox\":\"alice@{}\",\"unreadCount\":3,\"sequence\":1}}]}}'",
         demo.id
+    );
+    println!();
+
+    println!("3. Probe every stage end to end, as an operator does:");
+    println!();
+    println!(
+        "cargo run --release --bin relayctl -- probe --tenant {} --ingress {api} \\\n  --key {} --cert {} --brokers {brokers}",
+        demo.id,
+        files.key.display(),
+        files.cert.display()
     );
     println!();
 
@@ -269,9 +310,35 @@ async fn send(
     Ok(())
 }
 
+/// The demo tenant's key and certificate as files, for `relayctl`; removed on exit.
+struct DemoFiles {
+    dir: std::path::PathBuf,
+    key: std::path::PathBuf,
+    cert: std::path::PathBuf,
+}
+
+impl DemoFiles {
+    fn write(demo: &DemoTenant) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("pushrelay-dev-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let key = dir.join("demo-key.der");
+        let cert = dir.join("demo-cert.der");
+        std::fs::write(&key, &demo.key_pkcs8_der).context("writing the demo key")?;
+        std::fs::write(&cert, &demo.certificate_der).context("writing the demo certificate")?;
+        Ok(Self { dir, key, cert })
+    }
+}
+
+impl Drop for DemoFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 struct DemoTenant {
     id: String,
     key: SigningKey,
+    key_pkcs8_der: Vec<u8>,
     certificate_der: Vec<u8>,
     x5t: String,
 }
@@ -285,6 +352,7 @@ impl DemoTenant {
         Ok(Self {
             id: id.to_owned(),
             key: SigningKey::from_pkcs8(&key.serialize_der())?,
+            key_pkcs8_der: key.serialize_der(),
             x5t: thumbprint(&certificate_der),
             certificate_der,
         })
