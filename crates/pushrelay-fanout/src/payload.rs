@@ -50,7 +50,7 @@ pub fn collapse_id(tenant: &str, mailbox: &str) -> String {
 
 /// The Kafka key of a push: `{platform}/{device}`.
 pub fn push_key(device: &Device) -> String {
-    pushrelay_proto::keys::push_key(device.platform, &device.device_token)
+    pushrelay_proto::keys::push_key(i32::from(device.platform), &device.device_token.text())
 }
 
 /// One push request for `device` carrying `count`. The push id is derived from the count
@@ -63,7 +63,7 @@ pub fn push_request(
 ) -> PushRequest {
     let collapse = collapse_id(&count.tenant, &count.mailbox);
     let expires = now_ms.saturating_add(config.ttl.as_millis() as i64);
-    let platform = Platform::try_from(device.platform).unwrap_or(Platform::Unspecified);
+    let platform = Platform::try_from(i32::from(device.platform)).unwrap_or(Platform::Unspecified);
     let (payload, push_type, priority) = match platform {
         Platform::Apns => (
             json!({"aps": {"badge": count.count}})
@@ -74,7 +74,7 @@ pub fn push_request(
         ),
         Platform::Fcm => (
             json!({"message": {
-                "token": &*device.device_token,
+                "token": device.device_token.text(),
                 "data": {"unreadCount": count.count.to_string()},
                 "android": {
                     "collapse_key": collapse,
@@ -100,10 +100,10 @@ pub fn push_request(
         push_id,
         tenant: count.tenant.clone(),
         mailbox: count.mailbox.clone(),
-        platform: device.platform,
-        device_token: device.device_token.to_string(),
+        platform: i32::from(device.platform),
+        device_token: device.device_token.text().into_owned(),
         app_id: device.app_id.to_string(),
-        environment: device.environment,
+        environment: i32::from(device.environment),
         badge: count.count,
         collapse_id: collapse,
         expires_time_ms: expires,
@@ -136,12 +136,12 @@ mod tests {
 
     fn device(platform: Platform) -> Device {
         Device {
-            platform: platform as i32,
-            device_token: "d1".into(),
+            platform: platform as u8,
+            device_token: crate::table::DeviceToken::new("d1"),
             app_id: "com.example.mail".into(),
             environment: 1,
-            created_ms: 0,
-            expires_ms: i64::MAX,
+            created_s: 0,
+            expires_s: u32::MAX,
         }
     }
 
