@@ -1,5 +1,5 @@
-//! Token validation: the pure validator on a fresh RS256-2048 token, the parse alone, and
-//! the authenticator's cached-token hit (the stage's hot path).
+//! Token validation: the pure validator on a fresh RS256-2048 token and on a PS256 one,
+//! the parse alone, and the authenticator's cached-token hit (the stage's hot path).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -19,7 +19,8 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn setup() -> (v1::Tenant, String) {
+/// The tenant record, an RS256 token and a PS256 token of the same claims.
+fn setup() -> (v1::Tenant, String, String) {
     let key = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
         .expect("rsa");
     let cert = rcgen::CertificateParams::new(vec!["fabrikam.com".to_owned()])
@@ -39,6 +40,7 @@ fn setup() -> (v1::Tenant, String) {
         "nameid": "x".repeat(200),
     });
     let token = mint_token(&signing, "RS256", &header, &claims).expect("mint");
+    let ps256 = mint_token(&signing, "PS256", &header, &claims).expect("mint PS256");
     let record = v1::Tenant {
         id: "fabrikam.com".into(),
         enabled: true,
@@ -50,11 +52,11 @@ fn setup() -> (v1::Tenant, String) {
         ],
         ..Default::default()
     };
-    (record, token)
+    (record, token, ps256)
 }
 
 fn bench(c: &mut Criterion) {
-    let (record, token) = setup();
+    let (record, token, ps256) = setup();
     println!("token size: {} bytes", token.len());
     let entry = TenantEntry::from_proto(&record, 1).expect("entry");
     let config = ValidationConfig::default();
@@ -67,6 +69,17 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let parsed = UnverifiedToken::parse(black_box(&token)).expect("parses");
             validate_token(&parsed, &entry, &config, now).expect("valid")
+        })
+    });
+
+    let with_ps256 = ValidationConfig {
+        algorithms: vec!["RS256".to_owned(), "PS256".to_owned()],
+        ..ValidationConfig::default()
+    };
+    c.bench_function("validate PS256-2048 (no cache)", |b| {
+        b.iter(|| {
+            let parsed = UnverifiedToken::parse(black_box(&ps256)).expect("parses");
+            validate_token(&parsed, &entry, &with_ps256, now).expect("valid")
         })
     });
 

@@ -230,6 +230,20 @@ fn raw_verify_rate(tenant: &TestTenant) -> f64 {
     f64::from(n) / started.elapsed().as_secs_f64()
 }
 
+/// Sum of a topic's end offsets (records written so far).
+async fn end_offsets(kafka: &KafkaArgs, topic: &str) -> i64 {
+    let (kafka, topic) = (kafka.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        pushrelay_kafka::high_watermarks(&kafka, &topic, &(0..PARTITIONS).collect::<Vec<_>>())
+    })
+    .await
+    .expect("thread")
+    .expect("watermarks")
+    .iter()
+    .map(|(_, end)| end)
+    .sum()
+}
+
 fn percentile(sorted: &[i64], p: f64) -> i64 {
     if sorted.is_empty() {
         return 0;
@@ -360,22 +374,12 @@ fn main() {
         let (passthrough, process) = measure("passthrough", &passthrough_bin, &kafka, (&format!("{prefix}passthrough"), &topics.mailbox_changes), "pushrelay_passthrough_records_total", records as i64).await;
         drop(process);
         let (auth, auth_process) = measure("auth-coalesce", &auth_bin, &kafka, (&format!("{prefix}auth"), &topics.mailbox_changes), "pushrelay_auth_coalesce_records_total", records as i64).await;
-        let counts = {
-            let (brokers, t) = (kafka.brokers.clone(), topics.unread_counts.clone());
-            // Counts the stage wrote for the backlog: the fan-out's input.
-            tokio::task::spawn_blocking(move || {
-                let mut args = KafkaArgs::new(brokers);
-                args.bootstrap.partitions = PARTITIONS;
-                pushrelay_kafka::high_watermarks(&args, &t, &(0..PARTITIONS).collect::<Vec<_>>())
-            })
-            .await
-            .expect("thread")
-            .expect("watermarks")
-            .iter()
-            .map(|(_, end)| end)
-            .sum::<i64>()
-        };
+        // Counts the stage wrote for the backlog: the fan-out's input.
+        let counts = end_offsets(&kafka, &topics.unread_counts).await;
         let (fanout, fanout_process) = measure("fanout", &fanout_bin, &kafka, (&format!("{prefix}fanout"), &topics.unread_counts), "pushrelay_fanout_counts_total", counts).await;
+        let pushes = end_offsets(&kafka, &topics.push_requests).await;
+        let counts_per_s = auth.rate * counts as f64 / records as f64;
+        let pushes_per_s = fanout.rate * pushes as f64 / counts.max(1) as f64;
         let runs = [passthrough.clone(), auth.clone(), fanout.clone()];
         println!("\n| consumer | input records | records/s | × passthrough | CPU s per 1M records | peak RSS MiB |");
         println!("|---|---|---|---|---|---|");
@@ -385,6 +389,10 @@ fn main() {
                 run.name, run.records, run.rate, run.rate / passthrough.rate, run.cpu_per_million, run.peak_rss_mib
             );
         }
+
+        println!(
+            "\nauth-coalesce emitted {counts} unread counts ({counts_per_s:.0}/s while draining); the fan-out made {pushes} push requests ({pushes_per_s:.0}/s; its catch-up folds a backlog to the latest count per mailbox)"
+        );
 
         // 2. A fresh token per change.
         let verify_rate = raw_verify_rate(&tenants[0]);
@@ -451,6 +459,8 @@ fn main() {
             "broker": broker.kind,
             "records": records, "tenants": tenants_n, "mailboxes": mailboxes, "burst": burst, "record_bytes": size,
             "peak": by_name,
+            "unread_counts": counts, "unread_counts_per_s": counts_per_s,
+            "push_requests": pushes, "push_requests_per_s": pushes_per_s,
             "fresh_tokens": {"records": fresh, "rate": fresh_run.rate, "raw_verify_per_core": verify_rate, "ratio": fresh_run.rate / verify_rate, "cpu_s_per_million": fresh_run.cpu_per_million},
             "sweep": sweep,
         });
