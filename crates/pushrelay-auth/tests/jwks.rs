@@ -211,3 +211,79 @@ async fn an_endpoint_that_never_answered_gives_metadata_unavailable() {
     );
     assert_eq!(endpoint.hits.load(Ordering::SeqCst), 1);
 }
+
+/// RFC 8725 §3.10: key URLs in a token are never followed. An attacker's token names its
+/// own JWKS (`jku`), certificate (`x5u`) and embedded key (`jwk`), all served by a local
+/// endpoint: the token is refused and the endpoint never sees a request, both for a tenant
+/// with a registered certificate and for one with its own (different) metadata URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_urls_in_tokens_are_never_fetched() {
+    let (attacker_url, attacker) = start_endpoint().await;
+    let evil = server_key("evil");
+    *attacker.body.lock().expect("lock") = Some(evil.jwks.clone());
+    let (tenant_url, tenant_endpoint) = start_endpoint().await;
+    *tenant_endpoint.body.lock().expect("lock") = Some(server_key("real").jwks);
+
+    let forged = |tid: &str| {
+        let mut header = Map::new();
+        header.insert("kid".into(), json!("evil"));
+        header.insert("jku".into(), json!(attacker_url));
+        header.insert(
+            "x5u".into(),
+            json!(attacker_url.replace("jwks.json", "evil.pem")),
+        );
+        header.insert(
+            "jwk".into(),
+            json!({"kty": "RSA", "kid": "evil", "n": "AQAB", "e": "AQAB"}),
+        );
+        let claims = json!({
+            "tid": tid, "iss": "sts", "aud": "pushrelay",
+            "nbf": now() - 60, "exp": now() + 600,
+        });
+        mint_token(&evil.key, "RS256", &header, &claims).expect("mint")
+    };
+
+    // A tenant whose keys come from its own metadata URL.
+    let auth = Authenticator::new(
+        registry(&tenant_url),
+        config(Duration::from_secs(60), Duration::from_secs(3600)),
+    );
+    let refused = auth
+        .authenticate(&forged("jwks.example"))
+        .await
+        .expect_err("a forged token is refused");
+    assert_eq!(refused.reason, Reason::UnknownKey, "{refused:?}");
+
+    // A tenant with a registered certificate only.
+    let cert_key =
+        rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+            .expect("rsa");
+    let cert = rcgen::CertificateParams::new(vec!["cert.example".to_owned()])
+        .expect("params")
+        .self_signed(&cert_key)
+        .expect("cert");
+    let registry = Arc::new(TenantRegistry::new());
+    let record = v1::Tenant {
+        id: "cert.example".into(),
+        enabled: true,
+        issuer: "sts".into(),
+        keys: vec![
+            pushrelay_auth::KeyCredential::from_certificate_der(cert.der())
+                .expect("credential")
+                .to_proto(),
+        ],
+        ..Default::default()
+    };
+    registry
+        .apply("cert.example", Some(&record))
+        .expect("apply");
+    let auth = Authenticator::new(registry, AuthConfig::default());
+    assert!(auth.authenticate(&forged("cert.example")).await.is_err());
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        attacker.hits.load(Ordering::SeqCst),
+        0,
+        "no request to a URL named in a token"
+    );
+}
