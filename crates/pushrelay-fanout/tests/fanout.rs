@@ -317,3 +317,74 @@ async fn a_backlog_becomes_one_push_per_device_with_the_latest_count() {
         assert!(exit.success());
     }
 }
+
+/// Kafka faults injected with the mock cluster while the stage runs, without restarting it:
+/// produce and fetch request errors, then the broker down for three seconds. Every count still
+/// reaches every live device, and the instance is still running (and stops cleanly) after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_faults_lose_no_push_and_need_no_restart() {
+    use pushrelay_kafka::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    pushrelay_testkit::init_test_logging();
+    let broker = TestBroker::mock();
+    let mock = broker.mock_cluster().expect("mock cluster");
+    let kafka = broker.kafka_args("fanoutfaults", PARTITIONS);
+    let topics = kafka.topics();
+    broker.create_all_topics(&kafka).await;
+    let producer = producer(&kafka);
+    let mut live: HashMap<usize, BTreeSet<String>> = HashMap::new();
+    let subs: Vec<TestRecord> = (0..MAILBOXES)
+        .map(|i| {
+            live.entry(i).or_default().insert(format!("dev{i}"));
+            subscription(i, &format!("dev{i}"), i64::MAX / 2)
+        })
+        .collect();
+    produce_records(&producer, &topics.subscriptions, &subs).await;
+    let instance = start_instance(&kafka);
+    let wait = |round: u64| {
+        let (kafka, topics, live) = (kafka.clone(), topics.clone(), live.clone());
+        async move {
+            let records = wait_for_records(
+                &kafka,
+                &topics.push_requests,
+                Duration::from_secs(90),
+                |r| all_rounds_pushed(r, &live, round),
+            )
+            .await;
+            all_rounds_pushed(&records, &live, round)
+        }
+    };
+    produce_records(&producer, &topics.unread_counts, &counts(1)).await;
+    assert!(wait(1).await, "round 1 before any fault");
+
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+        ],
+    );
+    mock.request_errors(
+        RDKafkaApiKey::Fetch,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION],
+    );
+    produce_records(&producer, &topics.unread_counts, &counts(2)).await;
+    assert!(wait(2).await, "round 2 with request errors");
+
+    mock.broker_down(1).expect("broker down");
+    let writer = {
+        let (producer, topic) = (producer.clone(), topics.unread_counts.clone());
+        tokio::spawn(async move { produce_records(&producer, &topic, &counts(3)).await })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    mock.broker_up(1).expect("broker up");
+    writer.await.expect("writer");
+    assert!(wait(3).await, "round 3 after the broker came back");
+
+    let exit = tokio::task::spawn_blocking(move || instance.terminate())
+        .await
+        .expect("thread");
+    assert!(
+        exit.success(),
+        "the same instance ran throughout and stops cleanly"
+    );
+}
