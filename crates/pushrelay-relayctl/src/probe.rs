@@ -319,6 +319,9 @@ struct Hops {
     ingress_ms: Option<i64>,
     count: Option<UnreadCount>,
     push: Option<(PushRequest, i64)>,
+    /// Receipts for the probe mailbox, kept until the push they answer is known: the
+    /// receipts topic may be read before the push-requests topic shows the push.
+    receipts: Vec<(DeliveryReceipt, Instant)>,
     receipt: Option<(DeliveryReceipt, Instant)>,
 }
 
@@ -336,15 +339,7 @@ impl Hops {
                     self.push = Some((push, timestamp));
                 }
             }
-            Seen::Receipt(receipt) => {
-                let ours = self
-                    .push
-                    .as_ref()
-                    .is_some_and(|(p, _)| p.push_id == receipt.push_id);
-                if ours && self.receipt.is_none() {
-                    self.receipt = Some((receipt, Instant::now()));
-                }
-            }
+            Seen::Receipt(receipt) => self.receipts.push((receipt, Instant::now())),
             Seen::Feedback(feedback) => {
                 if feedback.kind == FeedbackKind::TokenRejected as i32 && self.count.is_none() {
                     return Some((
@@ -356,6 +351,15 @@ impl Hops {
                     ));
                 }
             }
+        }
+        if self.receipt.is_none()
+            && let Some((push, _)) = &self.push
+            && let Some(index) = self
+                .receipts
+                .iter()
+                .position(|(r, _)| r.push_id == push.push_id)
+        {
+            self.receipt = Some(self.receipts.swap_remove(index));
         }
         None
     }
@@ -603,4 +607,39 @@ async fn watch(
     })
     .await
     .map_err(|err| err.to_string())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_receipt_read_before_its_push_still_counts() {
+        let mut hops = Hops::default();
+        let push = PushRequest {
+            push_id: "p1".into(),
+            device_token: "probe-1".into(),
+            ..PushRequest::default()
+        };
+        let receipt = DeliveryReceipt {
+            push_id: "p1".into(),
+            outcome: DeliveryOutcome::Delivered as i32,
+            ..DeliveryReceipt::default()
+        };
+        let other = DeliveryReceipt {
+            push_id: "someone else's".into(),
+            ..DeliveryReceipt::default()
+        };
+        assert!(hops.see(Seen::Receipt(other), "probe-1").is_none());
+        assert!(hops.see(Seen::Receipt(receipt), "probe-1").is_none());
+        assert!(
+            hops.receipt.is_none(),
+            "not matched before the push is known"
+        );
+        assert!(hops.see(Seen::Push(push, 1), "probe-1").is_none());
+        assert_eq!(
+            hops.receipt.as_ref().map(|(r, _)| r.push_id.as_str()),
+            Some("p1")
+        );
+    }
 }
