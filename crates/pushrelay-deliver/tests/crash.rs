@@ -1,6 +1,7 @@
-//! SIGKILL of the delivery binary mid-stream (mock cluster, then the real broker): a second
-//! instance takes over; every push reaches the (fake) provider at least once and gets a
-//! DELIVERED receipt, and a device never receives an older badge after a newer one.
+//! The delivery binary under churn (mock cluster, then the real broker): SIGKILLed mid-stream
+//! with a second instance taking over, and scaled 1 → 3 → 1 while pushes flow. Every
+//! device's newest push reaches the (fake) provider and gets a DELIVERED receipt, and a device
+//! never receives an older badge after a newer one.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -183,4 +184,94 @@ async fn scenario(broker: &TestBroker) {
     );
     drop(second);
     server.cancel();
+}
+
+/// Sends seen so far.
+fn sent(seen: &Seen) -> usize {
+    seen.lock().expect("lock").values().map(Vec::len).sum()
+}
+
+async fn wait_sent(seen: &Seen, at_least: usize) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while sent(seen) < at_least && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_one_to_three_to_one_loses_no_push_and_keeps_badges_in_order() {
+    pushrelay_testkit::init_test_logging();
+    for broker in TestBroker::all() {
+        let kind = broker.kind;
+        eprintln!("-- on the {kind} broker {}", broker.brokers);
+        let kafka = broker.kafka_args("deliverscale", PARTITIONS);
+        let topics = kafka.topics();
+        broker.create_all_topics(&kafka).await;
+        let pki = Pki::new(&format!("deliverscale-{kind}"));
+        let p8 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("p8");
+        let p8_file = pki.write("AuthKey.p8", p8.serialize_pem().as_bytes());
+        let seen: Seen = Arc::default();
+        let app = Router::new()
+            .route("/3/device/{device}", post(apns))
+            .with_state(Arc::clone(&seen));
+        let (addr, server) = pki.serve(app).await;
+        let base = format!("https://localhost:{}", addr.port());
+        let producer = producer(&kafka);
+        let round = |r: u64| (0..DEVICES).map(|d| push(d, r)).collect::<Vec<_>>();
+
+        let first = spawn(&kafka, &pki, &p8_file, &base);
+        produce_records(&producer, &topics.push_requests, &round(1)).await;
+        wait_sent(&seen, DEVICES / 2).await;
+        // Scale out to three while round 2 flows.
+        let second = spawn(&kafka, &pki, &p8_file, &base);
+        let third = spawn(&kafka, &pki, &p8_file, &base);
+        produce_records(&producer, &topics.push_requests, &round(2)).await;
+        wait_sent(&seen, DEVICES + DEVICES / 2).await;
+        // Back to one: the two leave gracefully (drain, commit) while round 3 flows.
+        produce_records(&producer, &topics.push_requests, &round(3)).await;
+        for instance in [second, third] {
+            let exit = tokio::task::spawn_blocking(move || instance.terminate())
+                .await
+                .expect("thread");
+            assert!(exit.success(), "[{kind}] a scaled-in instance exits 0");
+        }
+
+        let newest: Vec<String> = (0..DEVICES).map(|d| format!("{d}/{ROUNDS}")).collect();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let receipts = delivered(&read_topic(&kafka, &topics.delivery_receipts).await);
+            let missing = newest.iter().filter(|id| !receipts.contains(*id)).count();
+            if missing == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "[{kind}] {missing} newest pushes without a DELIVERED receipt"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let seen = seen.lock().expect("lock").clone();
+        for d in 0..DEVICES {
+            let badges = seen.get(&format!("{d:064x}")).cloned().unwrap_or_default();
+            assert_eq!(
+                badges.last(),
+                Some(&ROUNDS),
+                "[{kind}] device {d}: {badges:?}"
+            );
+            assert!(
+                badges.windows(2).all(|w| w[0] <= w[1]),
+                "[{kind}] device {d} got an older badge after a newer one: {badges:?}"
+            );
+        }
+        let sends: usize = seen.values().map(Vec::len).sum();
+        eprintln!(
+            "[{kind}] scaled 1 -> 3 -> 1: {} pushes, {sends} sends",
+            DEVICES as u64 * ROUNDS
+        );
+        let exit = tokio::task::spawn_blocking(move || first.terminate())
+            .await
+            .expect("thread");
+        assert!(exit.success(), "[{kind}] the remaining instance exits 0");
+        server.cancel();
+    }
 }
