@@ -94,13 +94,40 @@ impl Drop for RevokeAck {
 }
 
 struct EventContext {
-    events: mpsc::Sender<KafkaEvent>,
+    events: mpsc::Sender<Vec<KafkaEvent>>,
+    /// Events not yet handed over: the poll thread batches records (one wake-up of the
+    /// stage per batch instead of per record); rebalance callbacks flush it first, so events
+    /// keep their order.
+    pending: std::sync::Mutex<Vec<KafkaEvent>>,
     closing: Arc<AtomicBool>,
     revoke_timeout: Duration,
     topics: HashMap<String, Arc<str>>,
 }
 
+/// Most records handed over in one batch.
+const BATCH: usize = 64;
+
 impl EventContext {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<KafkaEvent>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues `event` behind the pending ones.
+    fn push(&self, event: KafkaEvent) -> usize {
+        let mut pending = self.pending();
+        pending.push(event);
+        pending.len()
+    }
+
+    /// Hands the pending events over, waiting while the channel is full. False when the
+    /// stage dropped its receiver.
+    fn flush(&self) -> bool {
+        let batch = std::mem::take(&mut *self.pending());
+        batch.is_empty() || self.events.blocking_send(batch).is_ok()
+    }
+
     fn topic(&self, name: &str) -> Arc<str> {
         self.topics
             .get(name)
@@ -130,13 +157,11 @@ impl ConsumerContext for EventContext {
         tracing::info!(partitions = ?partitions, "partitions revoked");
         if !self.closing.load(Ordering::Acquire) && !partitions.is_empty() {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            let event = KafkaEvent::Revoked {
+            self.push(KafkaEvent::Revoked {
                 partitions,
                 done: RevokeAck { tx: Some(tx) },
-            };
-            if self.events.blocking_send(event).is_ok()
-                && rx.recv_timeout(self.revoke_timeout).is_err()
-            {
+            });
+            if self.flush() && rx.recv_timeout(self.revoke_timeout).is_err() {
                 tracing::warn!(
                     timeout_ms = self.revoke_timeout.as_millis() as u64,
                     "stage did not finish the revocation in time; committing what it stored"
@@ -152,7 +177,8 @@ impl ConsumerContext for EventContext {
                 let partitions = self.partitions(tpl);
                 tracing::info!(partitions = ?partitions, "partitions assigned");
                 if !self.closing.load(Ordering::Acquire) && !partitions.is_empty() {
-                    let _ = self.events.blocking_send(KafkaEvent::Assigned(partitions));
+                    self.push(KafkaEvent::Assigned(partitions));
+                    self.flush();
                 }
             }
             Rebalance::Revoke(_) => {}
@@ -199,11 +225,12 @@ impl GroupConsumer {
         topics: &[&str],
         capacity: usize,
         revoke_timeout: Duration,
-    ) -> Result<(Self, mpsc::Receiver<KafkaEvent>), Error> {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+    ) -> Result<(Self, EventReceiver), Error> {
+        let (tx, rx) = mpsc::channel(capacity.div_ceil(BATCH).max(1));
         let closing = Arc::new(AtomicBool::new(false));
         let context = EventContext {
-            events: tx.clone(),
+            events: tx,
+            pending: std::sync::Mutex::new(Vec::with_capacity(BATCH)),
             closing: Arc::clone(&closing),
             revoke_timeout,
             topics: topics
@@ -228,7 +255,7 @@ impl GroupConsumer {
             let stop = Arc::clone(&stop);
             std::thread::Builder::new()
                 .name(format!("kafka-poll-{group}"))
-                .spawn(move || poll_loop(&consumer, &stop, &tx))
+                .spawn(move || poll_loop(&consumer, &stop))
                 .map_err(Error::Thread)?
         };
         Ok((
@@ -238,7 +265,10 @@ impl GroupConsumer {
                 closing,
                 thread: Some(thread),
             },
-            rx,
+            EventReceiver {
+                rx,
+                buffer: std::collections::VecDeque::new(),
+            },
         ))
     }
 
@@ -296,15 +326,24 @@ impl Drop for GroupConsumer {
     }
 }
 
-fn poll_loop(
-    consumer: &BaseConsumer<EventContext>,
-    stop: &AtomicBool,
-    events: &mpsc::Sender<KafkaEvent>,
-) {
-    let topics = consumer.context().topics.clone();
+fn poll_loop(consumer: &BaseConsumer<EventContext>, stop: &AtomicBool) {
+    let context = consumer.context();
+    let topics = context.topics.clone();
+    let mut batched = 0usize;
     while !stop.load(Ordering::Acquire) {
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {}
+        // While a batch is open, take only what is already there; then hand it over.
+        let timeout = if batched > 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(100)
+        };
+        match consumer.poll(timeout) {
+            None => {
+                batched = 0;
+                if !context.flush() {
+                    break;
+                }
+            }
             Some(Ok(message)) => {
                 let topic = topics
                     .get(message.topic())
@@ -312,8 +351,12 @@ fn poll_loop(
                     .unwrap_or_else(|| Arc::from(message.topic()));
                 let record = Record::from_message_pub(&message, topic);
                 drop(message);
-                if events.blocking_send(KafkaEvent::Message(record)).is_err() {
-                    break;
+                batched = context.push(KafkaEvent::Message(record));
+                if batched >= BATCH {
+                    batched = 0;
+                    if !context.flush() {
+                        break;
+                    }
                 }
             }
             Some(Err(err)) => {
@@ -321,5 +364,38 @@ fn poll_loop(
                 tracing::warn!(error = %err, "consumer error");
             }
         }
+    }
+}
+
+/// The stage's end of a [`GroupConsumer`]: its events one at a time, in order (they travel
+/// in batches).
+#[derive(Debug)]
+pub struct EventReceiver {
+    rx: mpsc::Receiver<Vec<KafkaEvent>>,
+    buffer: std::collections::VecDeque<KafkaEvent>,
+}
+
+impl EventReceiver {
+    /// The next event; `None` once the consumer stopped and everything was received.
+    /// Cancel-safe.
+    pub async fn recv(&mut self) -> Option<KafkaEvent> {
+        if let Some(event) = self.buffer.pop_front() {
+            return Some(event);
+        }
+        let batch = self.rx.recv().await?;
+        self.buffer.extend(batch);
+        self.buffer.pop_front()
+    }
+
+    /// The next event if one is ready.
+    pub fn try_recv(&mut self) -> Result<KafkaEvent, mpsc::error::TryRecvError> {
+        if let Some(event) = self.buffer.pop_front() {
+            return Ok(event);
+        }
+        let batch = self.rx.try_recv()?;
+        self.buffer.extend(batch);
+        self.buffer
+            .pop_front()
+            .ok_or(mpsc::error::TryRecvError::Empty)
     }
 }
