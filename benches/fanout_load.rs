@@ -18,14 +18,9 @@ use pushrelay_telemetry::Health;
 use pushrelay_testkit::{TestBroker, TestRecord, produce_records, producer, wait_for_records};
 use tokio_util::sync::CancellationToken;
 
-const PARTITIONS: i32 = 12;
+use pushrelay_benches::env_or;
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+const PARTITIONS: i32 = 12;
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {

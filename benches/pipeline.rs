@@ -40,14 +40,9 @@ use pushrelay_testkit::{
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 
-const PARTITIONS: i32 = 12;
+use pushrelay_benches::env_or;
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+const PARTITIONS: i32 = 12;
 
 fn binary(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -20,14 +20,9 @@ use pushrelay_testkit::{
 };
 use tokio_util::sync::CancellationToken;
 
-const PARTITIONS: i32 = 12;
+use pushrelay_benches::env_or;
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+const PARTITIONS: i32 = 12;
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {

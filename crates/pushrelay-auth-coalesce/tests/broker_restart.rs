@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{PARTITIONS, RunningStage, change, key, settled_counts, stage_args};
+use common::{PARTITIONS, RunningStage, round_of_changes, settled_counts, stage_args};
 use pushrelay_kafka::KafkaArgs;
 use pushrelay_proto::Message;
 use pushrelay_testkit::{TestTenant, all_topic_specs, produce, produce_many, producer};
@@ -122,19 +122,8 @@ async fn a_broker_restart_mid_stream_loses_no_count_and_needs_no_stage_restart()
     let stage = RunningStage::start(stage_args(&kafka)).await;
     let token = tenant.token();
     let mut expected: HashMap<String, u32> = HashMap::new();
-    let mut round = |round: u64| {
-        (0..MAILBOXES)
-            .map(|i| {
-                let mailbox = format!("user{i}@{}", tenant.id);
-                let count = ((round as usize * 7 + i) % 50) as u32;
-                expected.insert(format!("{}/{mailbox}", tenant.id), count);
-                (
-                    key(&tenant.id, &mailbox),
-                    change(&mailbox, count, round, &token),
-                )
-            })
-            .collect::<Vec<_>>()
-    };
+    let mut round =
+        |round: u64| round_of_changes(&tenant.id, &token, MAILBOXES, round, &mut expected);
     for r in 1..=2 {
         produce_many(&producer, &topics.mailbox_changes, &round(r)).await;
     }

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{PARTITIONS, change, key, settled_counts};
+use common::{PARTITIONS, round_of_changes, settled_counts};
 use pushrelay_kafka::KafkaArgs;
 use pushrelay_proto::Message;
 use pushrelay_testkit::{
@@ -60,17 +60,7 @@ async fn scenario(broker: &TestBroker, tenant: &TestTenant) {
     let mut expected: HashMap<String, u32> = HashMap::new();
     let mut second = None;
     for round in 1..=ROUNDS {
-        let batch: Vec<(Vec<u8>, Vec<u8>)> = (0..MAILBOXES)
-            .map(|i| {
-                let mailbox = format!("user{i}@{}", tenant.id);
-                let count = ((round as usize * 7 + i) % 50) as u32;
-                expected.insert(format!("{}/{mailbox}", tenant.id), count);
-                (
-                    key(&tenant.id, &mailbox),
-                    change(&mailbox, count, round, &token),
-                )
-            })
-            .collect();
+        let batch = round_of_changes(&tenant.id, &token, MAILBOXES, round, &mut expected);
         produce_many(&producer, &topics.mailbox_changes, &batch).await;
         tokio::time::sleep(Duration::from_millis(150)).await;
         if round == ROUNDS / 2 {

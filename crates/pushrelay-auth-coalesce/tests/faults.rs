@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{PARTITIONS, RunningStage, change, key, settled_counts, stage_args};
+use common::{PARTITIONS, RunningStage, round_of_changes, settled_counts, stage_args};
 use pushrelay_kafka::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use pushrelay_proto::Message;
 use pushrelay_testkit::{TestBroker, TestTenant, produce, produce_many, producer};
@@ -36,19 +36,8 @@ async fn kafka_faults_lose_no_count_and_need_no_restart() {
     let stage = RunningStage::start(stage_args(&kafka)).await;
     let token = tenant.token();
     let mut expected: HashMap<String, u32> = HashMap::new();
-    let mut round = |round: u64| {
-        (0..MAILBOXES)
-            .map(|i| {
-                let mailbox = format!("user{i}@{}", tenant.id);
-                let count = ((round as usize * 7 + i) % 50) as u32;
-                expected.insert(format!("{}/{mailbox}", tenant.id), count);
-                (
-                    key(&tenant.id, &mailbox),
-                    change(&mailbox, count, round, &token),
-                )
-            })
-            .collect::<Vec<_>>()
-    };
+    let mut round =
+        |round: u64| round_of_changes(&tenant.id, &token, MAILBOXES, round, &mut expected);
     produce_many(&producer, &topics.mailbox_changes, &round(1)).await;
 
     mock.request_errors(

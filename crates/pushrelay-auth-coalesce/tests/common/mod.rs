@@ -74,6 +74,26 @@ pub fn change(mailbox: &str, count: u32, sequence: u64, token: &str) -> Vec<u8> 
     .encode_to_vec()
 }
 
+/// Round `round` of changes for mailboxes `user0..user{mailboxes}` of `tenant` (keys and
+/// values for `produce_many`), each with a count derived from the round; records each
+/// mailbox's expected final count in `expected`.
+pub fn round_of_changes(
+    tenant: &str,
+    token: &str,
+    mailboxes: usize,
+    round: u64,
+    expected: &mut HashMap<String, u32>,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    (0..mailboxes)
+        .map(|i| {
+            let mailbox = format!("user{i}@{tenant}");
+            let count = ((round as usize * 7 + i) % 50) as u32;
+            expected.insert(format!("{tenant}/{mailbox}"), count);
+            (key(tenant, &mailbox), change(&mailbox, count, round, token))
+        })
+        .collect()
+}
+
 pub fn key(tenant: &str, mailbox: &str) -> Vec<u8> {
     format!("{tenant}/{mailbox}").into_bytes()
 }
