@@ -37,6 +37,7 @@ struct Stored {
 }
 
 impl Stored {
+    /// Its key in the subscriptions topic: `{tenant}/{mailbox}/{platform}/{device}`.
     fn subscription_key(&self, mailbox_key: &str) -> String {
         subscription_key(
             mailbox_key,
@@ -49,17 +50,6 @@ impl Stored {
 /// Unix milliseconds as stored seconds (rounded down; past 2106, the largest value).
 pub fn stored_seconds(ms: i64) -> u32 {
     u32::try_from(ms.max(0) / 1000).unwrap_or(u32::MAX)
-}
-
-impl Device {
-    /// Its key in the subscriptions topic: `{tenant}/{mailbox}/{platform}/{device}`.
-    pub fn subscription_key(&self, mailbox_key: &str) -> String {
-        subscription_key(
-            mailbox_key,
-            i32::from(self.platform),
-            &self.device_token.text(),
-        )
-    }
 }
 
 /// A provider device token, stored compactly: a 64-character lower-case hex token (APNs's
