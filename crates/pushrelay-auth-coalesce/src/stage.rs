@@ -7,9 +7,9 @@ use std::time::Duration;
 use pushrelay_auth::{Authenticator, TenantRegistry};
 use pushrelay_coalesce::{Coalescer, Flush, Offer};
 use pushrelay_kafka::{
-    Ack, AckProducer, EventReceiver, GroupConsumer, KafkaEvent, OffsetTracker, Record, RevokeAck,
-    TopicPartition, TopicSpec, Topics, dead_letter, ensure_topics, murmur2_partition, now_ms,
-    partition_count, read_to_end, verify_copartitioned,
+    Ack, AckProducer, GroupConsumer, KafkaEvent, OffsetTracker, Record, RevokeAck, TopicPartition,
+    TopicSpec, Topics, dead_letter, ensure_topics, murmur2_partition, now_ms, partition_count,
+    read_to_end, verify_copartitioned,
 };
 use pushrelay_proto::Message;
 use pushrelay_proto::v1::UnreadCount;
@@ -233,7 +233,7 @@ async fn sleep_until(deadline: Option<std::time::Instant>) {
 impl Stage {
     async fn serve(
         &mut self,
-        mut events: EventReceiver,
+        mut events: mpsc::Receiver<KafkaEvent>,
         mut refused: mpsc::UnboundedReceiver<RefusedTenant>,
         shutdown: &CancellationToken,
     ) -> Result<(), StageError> {

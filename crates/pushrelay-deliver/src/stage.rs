@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pushrelay_kafka::{
-    Ack, AckProducer, EventReceiver, GroupConsumer, KafkaEvent, OffsetTracker, Record, RevokeAck,
-    TopicPartition, TopicSpec, Topics, dead_letter, ensure_topics, murmur2_partition, now_ms,
-    partition_count, sha256,
+    Ack, AckProducer, GroupConsumer, KafkaEvent, OffsetTracker, Record, RevokeAck, TopicPartition,
+    TopicSpec, Topics, dead_letter, ensure_topics, murmur2_partition, now_ms, partition_count,
+    sha256,
 };
 use pushrelay_proto::Message;
 use pushrelay_proto::keys::{mailbox_key, push_key, subscription_key};
@@ -199,7 +199,7 @@ struct Stage {
 impl Stage {
     async fn serve(
         &mut self,
-        mut events: EventReceiver,
+        mut events: mpsc::Receiver<KafkaEvent>,
         shutdown: &CancellationToken,
     ) -> Result<(), DeliverError> {
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));

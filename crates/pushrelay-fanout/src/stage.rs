@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use pushrelay_kafka::{
-    Ack, AckProducer, EventReceiver, FollowEvent, GroupConsumer, KafkaArgs, KafkaEvent,
-    OffsetTracker, Record, RevokeAck, TopicFollower, TopicPartition, TopicSpec, Topics,
-    dead_letter, ensure_topics, now_ms, read_to_end, verify_copartitioned,
+    Ack, AckProducer, FollowEvent, GroupConsumer, KafkaArgs, KafkaEvent, OffsetTracker, Record,
+    RevokeAck, TopicFollower, TopicPartition, TopicSpec, Topics, dead_letter, ensure_topics,
+    now_ms, read_to_end, verify_copartitioned,
 };
 use pushrelay_proto::Message;
 use pushrelay_proto::v1::{Subscription, UnreadCount};
@@ -180,7 +180,7 @@ const CATCH_UP_STALL: Duration = Duration::from_secs(5);
 impl Stage {
     async fn serve(
         &mut self,
-        mut events: EventReceiver,
+        mut events: mpsc::Receiver<KafkaEvent>,
         mut updates: mpsc::UnboundedReceiver<SubscriptionUpdate>,
         shutdown: &CancellationToken,
     ) -> Result<(), FanoutError> {

@@ -94,40 +94,13 @@ impl Drop for RevokeAck {
 }
 
 struct EventContext {
-    events: mpsc::Sender<Vec<KafkaEvent>>,
-    /// Events not yet handed over: the poll thread batches records (one wake-up of the
-    /// stage per batch instead of per record); rebalance callbacks flush it first, so events
-    /// keep their order.
-    pending: std::sync::Mutex<Vec<KafkaEvent>>,
+    events: mpsc::Sender<KafkaEvent>,
     closing: Arc<AtomicBool>,
     revoke_timeout: Duration,
     topics: HashMap<String, Arc<str>>,
 }
 
-/// Most records handed over in one batch.
-const BATCH: usize = 64;
-
 impl EventContext {
-    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<KafkaEvent>> {
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Queues `event` behind the pending ones.
-    fn push(&self, event: KafkaEvent) -> usize {
-        let mut pending = self.pending();
-        pending.push(event);
-        pending.len()
-    }
-
-    /// Hands the pending events over, waiting while the channel is full. False when the
-    /// stage dropped its receiver.
-    fn flush(&self) -> bool {
-        let batch = std::mem::take(&mut *self.pending());
-        batch.is_empty() || self.events.blocking_send(batch).is_ok()
-    }
-
     fn topic(&self, name: &str) -> Arc<str> {
         self.topics
             .get(name)
@@ -157,11 +130,13 @@ impl ConsumerContext for EventContext {
         tracing::info!(partitions = ?partitions, "partitions revoked");
         if !self.closing.load(Ordering::Acquire) && !partitions.is_empty() {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            self.push(KafkaEvent::Revoked {
+            let event = KafkaEvent::Revoked {
                 partitions,
                 done: RevokeAck { tx: Some(tx) },
-            });
-            if self.flush() && rx.recv_timeout(self.revoke_timeout).is_err() {
+            };
+            if self.events.blocking_send(event).is_ok()
+                && rx.recv_timeout(self.revoke_timeout).is_err()
+            {
                 tracing::warn!(
                     timeout_ms = self.revoke_timeout.as_millis() as u64,
                     "stage did not finish the revocation in time; committing what it stored"
@@ -177,8 +152,7 @@ impl ConsumerContext for EventContext {
                 let partitions = self.partitions(tpl);
                 tracing::info!(partitions = ?partitions, "partitions assigned");
                 if !self.closing.load(Ordering::Acquire) && !partitions.is_empty() {
-                    self.push(KafkaEvent::Assigned(partitions));
-                    self.flush();
+                    let _ = self.events.blocking_send(KafkaEvent::Assigned(partitions));
                 }
             }
             Rebalance::Revoke(_) => {}
@@ -225,12 +199,11 @@ impl GroupConsumer {
         topics: &[&str],
         capacity: usize,
         revoke_timeout: Duration,
-    ) -> Result<(Self, EventReceiver), Error> {
-        let (tx, rx) = mpsc::channel(capacity.div_ceil(BATCH).max(1));
+    ) -> Result<(Self, mpsc::Receiver<KafkaEvent>), Error> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
         let closing = Arc::new(AtomicBool::new(false));
         let context = EventContext {
-            events: tx,
-            pending: std::sync::Mutex::new(Vec::with_capacity(BATCH)),
+            events: tx.clone(),
             closing: Arc::clone(&closing),
             revoke_timeout,
             topics: topics
@@ -255,7 +228,7 @@ impl GroupConsumer {
             let stop = Arc::clone(&stop);
             std::thread::Builder::new()
                 .name(format!("kafka-poll-{group}"))
-                .spawn(move || poll_loop(&consumer, &stop))
+                .spawn(move || poll_loop(&consumer, &stop, &tx))
                 .map_err(Error::Thread)?
         };
         Ok((
@@ -265,10 +238,7 @@ impl GroupConsumer {
                 closing,
                 thread: Some(thread),
             },
-            EventReceiver {
-                rx,
-                buffer: std::collections::VecDeque::new(),
-            },
+            rx,
         ))
     }
 
@@ -326,24 +296,15 @@ impl Drop for GroupConsumer {
     }
 }
 
-fn poll_loop(consumer: &BaseConsumer<EventContext>, stop: &AtomicBool) {
-    let context = consumer.context();
-    let topics = context.topics.clone();
-    let mut batched = 0usize;
+fn poll_loop(
+    consumer: &BaseConsumer<EventContext>,
+    stop: &AtomicBool,
+    events: &mpsc::Sender<KafkaEvent>,
+) {
+    let topics = consumer.context().topics.clone();
     while !stop.load(Ordering::Acquire) {
-        // While a batch is open, take only what is already there; then hand it over.
-        let timeout = if batched > 0 {
-            Duration::ZERO
-        } else {
-            Duration::from_millis(100)
-        };
-        match consumer.poll(timeout) {
-            None => {
-                batched = 0;
-                if !context.flush() {
-                    break;
-                }
-            }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
             Some(Ok(message)) => {
                 let topic = topics
                     .get(message.topic())
@@ -351,12 +312,8 @@ fn poll_loop(consumer: &BaseConsumer<EventContext>, stop: &AtomicBool) {
                     .unwrap_or_else(|| Arc::from(message.topic()));
                 let record = Record::from_message_pub(&message, topic);
                 drop(message);
-                batched = context.push(KafkaEvent::Message(record));
-                if batched >= BATCH {
-                    batched = 0;
-                    if !context.flush() {
-                        break;
-                    }
+                if events.blocking_send(KafkaEvent::Message(record)).is_err() {
+                    break;
                 }
             }
             Some(Err(err)) => {
@@ -364,38 +321,5 @@ fn poll_loop(consumer: &BaseConsumer<EventContext>, stop: &AtomicBool) {
                 tracing::warn!(error = %err, "consumer error");
             }
         }
-    }
-}
-
-/// The stage's end of a [`GroupConsumer`]: its events one at a time, in order (they travel
-/// in batches).
-#[derive(Debug)]
-pub struct EventReceiver {
-    rx: mpsc::Receiver<Vec<KafkaEvent>>,
-    buffer: std::collections::VecDeque<KafkaEvent>,
-}
-
-impl EventReceiver {
-    /// The next event; `None` once the consumer stopped and everything was received.
-    /// Cancel-safe.
-    pub async fn recv(&mut self) -> Option<KafkaEvent> {
-        if let Some(event) = self.buffer.pop_front() {
-            return Some(event);
-        }
-        let batch = self.rx.recv().await?;
-        self.buffer.extend(batch);
-        self.buffer.pop_front()
-    }
-
-    /// The next event if one is ready.
-    pub fn try_recv(&mut self) -> Result<KafkaEvent, mpsc::error::TryRecvError> {
-        if let Some(event) = self.buffer.pop_front() {
-            return Ok(event);
-        }
-        let batch = self.rx.try_recv()?;
-        self.buffer.extend(batch);
-        self.buffer
-            .pop_front()
-            .ok_or(mpsc::error::TryRecvError::Empty)
     }
 }
