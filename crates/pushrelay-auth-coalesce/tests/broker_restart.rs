@@ -8,86 +8,21 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{PARTITIONS, RunningStage, round_of_changes, settled_counts, stage_args};
 use pushrelay_kafka::KafkaArgs;
 use pushrelay_proto::Message;
+use pushrelay_testkit::nisshi::OwnNisshi;
 use pushrelay_testkit::{TestTenant, all_topic_specs, produce, produce_many, producer};
 use tokio::time::Instant;
 
 const MAILBOXES: usize = 100;
 
-struct Nisshi {
-    child: Option<Child>,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Nisshi {
-    fn start(port: u16, dir: &std::path::Path) -> Option<Self> {
-        let child = Command::new("nisshi")
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://127.0.0.1:{port}"),
-                "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{port}"),
-                "--storage-engine",
-                "sqlite://nisshi.db",
-                "--group-initial-rebalance-delay",
-                "0s",
-            ])
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "nisshi did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(Self {
-            child: Some(child),
-            port,
-            dir: dir.to_owned(),
-        })
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGKILL, stay down for `down`, start again on the same port and storage.
-    fn restart_after(&mut self, down: Duration) {
-        self.kill();
-        std::thread::sleep(down);
-        let again = Self::start(self.port, &self.dir).expect("nisshi restarts");
-        *self = again;
-    }
-}
-
-impl Drop for Nisshi {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_mid_stream_loses_no_count_and_needs_no_stage_restart() {
     pushrelay_testkit::init_test_logging();
-    let dir = std::env::temp_dir().join(format!("pushrelay-restart-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
-    let Some(mut nisshi) = Nisshi::start(port, &dir) else {
+    let Some(mut nisshi) = OwnNisshi::start("restart") else {
         assert!(
             std::env::var("PUSHRELAY_TEST_BROKERS").is_err(),
             "nisshi is not on PATH but the suite runs against a real broker"
@@ -97,7 +32,7 @@ async fn a_broker_restart_mid_stream_loses_no_count_and_needs_no_stage_restart()
         );
         return;
     };
-    let mut kafka = KafkaArgs::new(format!("127.0.0.1:{port}"));
+    let mut kafka = KafkaArgs::new(nisshi.brokers());
     kafka.bootstrap.partitions = PARTITIONS;
     kafka.topic_prefix = "restart.".into();
     kafka.properties = vec![
@@ -164,5 +99,4 @@ async fn a_broker_restart_mid_stream_loses_no_count_and_needs_no_stage_restart()
     assert!(stage.health.is_ready(), "the stage recovered by itself");
     stage.stop().await;
     drop(nisshi);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,7 +5,14 @@
 //!   against both;
 //! - [`TestTenant`]: a tenant with a freshly generated certificate, its registry record
 //!   and tokens signed with its key;
-//! - helpers to produce records and read topics back.
+//! - helpers to produce records and read topics back;
+//! - [`checker`]: loss, wrong badges, regressions, duplicates and leaks, from what the
+//!   ingress acknowledged and what came out;
+//! - [`tls`]: TLS for fake provider servers; [`nisshi`]: a broker a test may restart.
+
+pub mod checker;
+pub mod nisshi;
+pub mod tls;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -400,6 +407,16 @@ impl StageProcess {
     /// Starts `binary` with the broker, topic prefix, partitions and pass-through
     /// properties of `kafka`, its admin server on a free port, and `env`.
     pub fn spawn(binary: &str, kafka: &KafkaArgs, env: &[(&str, String)]) -> Self {
+        Self::spawn_with_args(binary, &[], kafka, env)
+    }
+
+    /// [`StageProcess::spawn`] with command-line arguments (a subcommand).
+    pub fn spawn_with_args(
+        binary: &str,
+        args: &[&str],
+        kafka: &KafkaArgs,
+        env: &[(&str, String)],
+    ) -> Self {
         let properties: Vec<String> = kafka
             .properties
             .iter()
@@ -407,6 +424,7 @@ impl StageProcess {
             .collect();
         let mut command = std::process::Command::new(binary);
         command
+            .args(args)
             .env("PUSHRELAY_BROKERS", &kafka.brokers)
             .env("PUSHRELAY_TOPIC_PREFIX", &kafka.topic_prefix)
             .env(

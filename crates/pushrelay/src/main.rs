@@ -5,6 +5,9 @@
 //! (ingress, auth-and-coalesce, fan-out, delivery with the `log` provider) and prints
 //! ready-to-paste `curl` commands, so the whole path is visible in the log. `--brokers`
 //! runs the same against an external Kafka.
+//!
+//! `pushrelay ingress|auth-coalesce|fanout|deliver` runs one stage, exactly as its own
+//! binary does (same flags and environment), for images that ship a single binary.
 
 use std::time::Duration;
 
@@ -15,7 +18,7 @@ use pushrelay_auth_coalesce::StageArgs;
 use pushrelay_kafka::{FollowEvent, KafkaArgs, TopicFollower, now_ms};
 use pushrelay_proto::Message;
 use pushrelay_proto::v1::{MailboxChange, Tenant, UnreadCount};
-use pushrelay_telemetry::{Health, LogArgs};
+use pushrelay_telemetry::{AdminArgs, Health, LogArgs};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
@@ -38,6 +41,34 @@ struct Cli {
 enum Command {
     /// Run every stage in one process with a demo tenant (embedded broker by default).
     Dev(DevArgs),
+    /// Run the ingress alone (the same as `pushrelay-ingress`).
+    Ingress {
+        #[command(flatten)]
+        args: pushrelay_ingress::IngressArgs,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Run the auth-and-coalesce stage alone (the same as `pushrelay-auth`).
+    AuthCoalesce {
+        #[command(flatten)]
+        args: StageArgs,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Run the fan-out stage alone (the same as `pushrelay-fanout`).
+    Fanout {
+        #[command(flatten)]
+        args: pushrelay_fanout::FanoutArgs,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Run the delivery stage alone (the same as `pushrelay-deliver`).
+    Deliver {
+        #[command(flatten)]
+        args: pushrelay_deliver::DeliverArgs,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -67,7 +98,40 @@ async fn main() -> anyhow::Result<()> {
     pushrelay_telemetry::init_logging(&cli.log).map_err(anyhow::Error::msg)?;
     match cli.command {
         Command::Dev(args) => dev(args).await,
+        Command::Ingress { args, admin } => {
+            pushrelay_telemetry::run_service(&admin, exit_at_once, |health, shutdown| {
+                pushrelay_ingress::run(args, health, shutdown)
+            })
+            .await
+            .context("ingress failed")
+        }
+        Command::AuthCoalesce { args, admin } => {
+            pushrelay_telemetry::run_service(&admin, exit_at_once, |health, shutdown| {
+                pushrelay_auth_coalesce::run(args, health, shutdown)
+            })
+            .await
+            .context("auth-coalesce stage failed")
+        }
+        Command::Fanout { args, admin } => {
+            pushrelay_telemetry::run_service(&admin, exit_at_once, |health, shutdown| {
+                pushrelay_fanout::run(args, health, shutdown)
+            })
+            .await
+            .context("fanout stage failed")
+        }
+        Command::Deliver { args, admin } => {
+            pushrelay_telemetry::run_service(&admin, exit_at_once, |health, shutdown| {
+                pushrelay_deliver::run(args, health, shutdown)
+            })
+            .await
+            .context("delivery stage failed")
+        }
     }
+}
+
+/// A second signal while a stage drains: stop draining and exit.
+fn exit_at_once() {
+    std::process::exit(130);
 }
 
 async fn dev(args: DevArgs) -> anyhow::Result<()> {

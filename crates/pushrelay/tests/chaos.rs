@@ -1,0 +1,687 @@
+//! The whole relay under trouble, judged by the checker (`pushrelay_testkit::checker`).
+//!
+//! Mail servers of two tenants POST changes to the ingress (in-process) round after round;
+//! the auth-and-coalesce, fan-out and delivery stages run as separate processes
+//! (`pushrelay auth-coalesce|fanout|deliver`); delivery sends to a fake APNs over TLS that
+//! records every push in arrival order. While the changes flow:
+//!
+//! - **kills**: each Kafka-consuming stage is SIGKILLed twice (`PUSHRELAY_CHAOS_KILLS`) at
+//!   random moments (seeded; the seed is printed, `PUSHRELAY_CHAOS_SEED` replays it) and
+//!   replaced after a random pause;
+//! - **scaling**: every Kafka-consuming stage goes from one instance to three, then back
+//!   to one (the extra ones SIGTERMed);
+//! - **broker restart**: a Nisshi of the test's own (SQLite storage) is SIGKILLed, stays
+//!   down two seconds, and starts again on the same port; no stage is restarted.
+//!
+//! Pass: every acknowledged change covered at every device (0 lost), every device ends on
+//! its mailbox's last count, no badge goes backwards, nothing reaches a device of another
+//! mailbox or tenant, nothing invented. Repeats are counted (at least once) and printed.
+//!
+//! Kills and scaling run on the real broker of `scripts/test` (the mock cluster without it);
+//! the broker restart needs the `nisshi` binary.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use pushrelay_kafka::KafkaArgs;
+use pushrelay_proto::Message;
+use pushrelay_telemetry::Health;
+use pushrelay_testkit::checker::{Checker, Observation, Report};
+use pushrelay_testkit::nisshi::OwnNisshi;
+use pushrelay_testkit::tls::Pki;
+use pushrelay_testkit::{StageProcess, TestBroker, TestTenant, produce, producer};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+const PARTITIONS: i32 = 4;
+const TENANTS: [&str; 2] = ["fabrikam.com", "contoso.com"];
+const MAILBOXES_PER_TENANT: usize = 60;
+/// Rounds of changes after the warm-up, one change per mailbox per round
+/// (`PUSHRELAY_CHAOS_ROUNDS` for a longer run).
+fn rounds() -> u64 {
+    env_number("PUSHRELAY_CHAOS_ROUNDS", 40)
+}
+
+/// SIGKILLs per stage in the kills scenario (`PUSHRELAY_CHAOS_KILLS`).
+fn kills_per_stage() -> u64 {
+    env_number("PUSHRELAY_CHAOS_KILLS", 2)
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+const ROUND_PERIOD: Duration = Duration::from_millis(250);
+/// Changes per POST.
+const BATCH: usize = 20;
+
+/// The scenarios share two cores: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Stage {
+    AuthCoalesce,
+    Fanout,
+    Deliver,
+}
+
+const STAGES: [Stage; 3] = [Stage::AuthCoalesce, Stage::Fanout, Stage::Deliver];
+
+impl Stage {
+    fn subcommand(self) -> &'static str {
+        match self {
+            Stage::AuthCoalesce => "auth-coalesce",
+            Stage::Fanout => "fanout",
+            Stage::Deliver => "deliver",
+        }
+    }
+}
+
+/// What happens mid-stream.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// SIGKILL the oldest instance of a stage; start a replacement after the pause.
+    Kill(Stage, Duration),
+    /// Run this many instances of a stage (extra ones are SIGTERMed, newest first).
+    Scale(Stage, usize),
+    /// SIGKILL the broker, keep it down this long, start it again.
+    BrokerRestart(Duration),
+}
+
+/// A small seeded generator (xorshift64*), so a failing schedule can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+fn seed() -> u64 {
+    std::env::var("PUSHRELAY_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        })
+}
+
+/// One push as the fake APNs received it.
+#[derive(Debug, Clone)]
+struct Arrival {
+    device: String,
+    collapse: String,
+    badge: u64,
+}
+
+type Arrivals = Arc<Mutex<Vec<Arrival>>>;
+
+async fn apns(
+    State(arrivals): State<Arrivals>,
+    Path(device): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> StatusCode {
+    let badge = serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|v| v.pointer("/aps/badge").and_then(Value::as_u64));
+    let Some(badge) = badge else {
+        return StatusCode::BAD_REQUEST;
+    };
+    let collapse = headers
+        .get("apns-collapse-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    arrivals.lock().expect("lock").push(Arrival {
+        device,
+        collapse,
+        badge,
+    });
+    StatusCode::OK
+}
+
+/// The mailboxes and devices of the run, and the ground truth as it grows.
+struct World {
+    tenants: Vec<TestTenant>,
+    tokens: Vec<String>,
+    /// (tenant index, mailbox address).
+    mailboxes: Vec<(usize, String)>,
+    /// (device token, mailbox index).
+    devices: Vec<(String, usize)>,
+    /// Collapse id → (tenant, mailbox).
+    collapse: HashMap<String, (String, String)>,
+    checker: Checker,
+    /// Requests the ingress refused (503) and that were sent again.
+    retried: usize,
+}
+
+impl World {
+    fn new() -> Self {
+        let tenants: Vec<TestTenant> = TENANTS.iter().map(|t| TestTenant::generate(t)).collect();
+        let tokens = tenants.iter().map(TestTenant::token).collect();
+        let mut mailboxes = Vec::new();
+        let mut devices = Vec::new();
+        let mut collapse = HashMap::new();
+        let mut checker = Checker::new();
+        for (t, tenant) in tenants.iter().enumerate() {
+            for m in 0..MAILBOXES_PER_TENANT {
+                let mailbox = format!("user{m}@{}", tenant.id);
+                collapse.insert(
+                    pushrelay_fanout::payload::collapse_id(&tenant.id, &mailbox),
+                    (tenant.id.clone(), mailbox.clone()),
+                );
+                // One or two devices per mailbox.
+                for d in 0..1 + m % 2 {
+                    let token = format!("{:064x}", (t << 24) | (m << 8) | d);
+                    checker.subscribe(&token, &tenant.id, &mailbox);
+                    devices.push((token, mailboxes.len()));
+                }
+                mailboxes.push((t, mailbox));
+            }
+        }
+        Self {
+            tenants,
+            tokens,
+            mailboxes,
+            devices,
+            collapse,
+            checker,
+            retried: 0,
+        }
+    }
+
+    /// The checker's verdict on the arrivals so far (badge = sequence in this test).
+    fn report(&mut self, arrivals: &Arrivals) -> Report {
+        let arrivals = arrivals.lock().expect("lock").clone();
+        self.checker.clear_observed();
+        for a in arrivals {
+            let (tenant, mailbox) = self
+                .collapse
+                .get(&a.collapse)
+                .cloned()
+                .unwrap_or_else(|| ("?".to_owned(), a.collapse.clone()));
+            self.checker.observed(
+                &a.device,
+                Observation {
+                    tenant,
+                    mailbox,
+                    sequence: a.badge,
+                    count: a.badge as u32,
+                },
+            );
+        }
+        self.checker.report()
+    }
+}
+
+/// POSTs until the ingress answers 202 (a mail server retries a 503).
+async fn post_until_accepted(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: &Value,
+) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut retries = 0;
+    loop {
+        let answer = client.post(url).bearer_auth(token).json(body).send().await;
+        match answer {
+            Ok(a) if a.status() == StatusCode::ACCEPTED => return retries,
+            Ok(a) if a.status().is_server_error() => {}
+            Ok(a) => panic!(
+                "{url}: {} {}",
+                a.status(),
+                a.text().await.unwrap_or_default()
+            ),
+            Err(_) => {}
+        }
+        assert!(Instant::now() < deadline, "{url}: not accepted for 120 s");
+        retries += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One change per mailbox: badge and sequence `round`.
+async fn send_round(
+    client: &reqwest::Client,
+    ingress: &str,
+    world: &Arc<Mutex<World>>,
+    round: u64,
+) {
+    let (batches, tokens) = {
+        let w = world.lock().expect("lock");
+        let mut batches: Vec<(usize, Vec<String>)> = Vec::new();
+        for (t, _) in w.tenants.iter().enumerate() {
+            let mine: Vec<String> = w
+                .mailboxes
+                .iter()
+                .filter(|(mt, _)| *mt == t)
+                .map(|(_, m)| m.clone())
+                .collect();
+            for chunk in mine.chunks(BATCH) {
+                batches.push((t, chunk.to_vec()));
+            }
+        }
+        (batches, w.tokens.clone())
+    };
+    let url = format!("{ingress}/v1/notifications");
+    let sends = batches.into_iter().map(|(t, mailboxes)| {
+        let client = client.clone();
+        let url = url.clone();
+        let token = tokens[t].clone();
+        let world = Arc::clone(world);
+        async move {
+            let notifications: Vec<Value> = mailboxes
+                .iter()
+                .map(|m| json!({"mailbox": m, "unreadCount": round, "sequence": round}))
+                .collect();
+            let body = json!({ "notifications": notifications });
+            let retries = post_until_accepted(&client, &url, &token, &body).await;
+            let mut w = world.lock().expect("lock");
+            w.retried += retries;
+            let tenant = w.tenants[t].id.clone();
+            for m in &mailboxes {
+                w.checker.acknowledged(&tenant, m, round, round as u32);
+            }
+        }
+    });
+    futures_join_all(sends).await;
+}
+
+/// Runs futures concurrently to completion (a tiny `join_all` on tokio tasks).
+async fn futures_join_all<F>(futures: impl IntoIterator<Item = F>)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let handles: Vec<JoinHandle<()>> = futures.into_iter().map(tokio::spawn).collect();
+    for h in handles {
+        h.await.expect("sender task");
+    }
+}
+
+/// The relay under test: the ingress in-process, the other stages as processes.
+struct Relay {
+    kafka: KafkaArgs,
+    binary: &'static str,
+    deliver_env: Vec<(&'static str, String)>,
+    running: HashMap<Stage, Vec<StageProcess>>,
+    ingress: String,
+    ingress_stop: CancellationToken,
+    ingress_task: JoinHandle<()>,
+    started: usize,
+}
+
+impl Relay {
+    async fn start(kafka: KafkaArgs, deliver_env: Vec<(&'static str, String)>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let ingress_stop = CancellationToken::new();
+        let run = pushrelay_ingress::serve(
+            pushrelay_ingress::IngressArgs::new(kafka.clone(), addr),
+            listener,
+            Health::new(),
+            ingress_stop.clone(),
+        );
+        let ingress_task = tokio::spawn(async move { run.await.expect("ingress") });
+        let mut relay = Self {
+            kafka,
+            binary: env!("CARGO_BIN_EXE_pushrelay"),
+            deliver_env,
+            running: HashMap::new(),
+            ingress: format!("http://{addr}"),
+            ingress_stop,
+            ingress_task,
+            started: 0,
+        };
+        for stage in STAGES {
+            relay.add(stage);
+        }
+        relay
+    }
+
+    fn add(&mut self, stage: Stage) {
+        let mut env = vec![
+            (
+                "PUSHRELAY_GROUP",
+                format!("{}{}", self.kafka.topic_prefix, stage.subcommand()),
+            ),
+            ("PUSHRELAY_LOG", "warn".to_owned()),
+        ];
+        match stage {
+            Stage::AuthCoalesce => {
+                env.push(("PUSHRELAY_QUIET_PERIOD_MS", "50".to_owned()));
+                env.push(("PUSHRELAY_MAX_DELAY_MS", "300".to_owned()));
+            }
+            Stage::Fanout => {}
+            Stage::Deliver => {
+                env.extend(self.deliver_env.iter().cloned());
+            }
+        }
+        let process =
+            StageProcess::spawn_with_args(self.binary, &[stage.subcommand()], &self.kafka, &env);
+        self.started += 1;
+        self.running.entry(stage).or_default().push(process);
+    }
+
+    fn kill_oldest(&mut self, stage: Stage) {
+        let instances = self.running.entry(stage).or_default();
+        if !instances.is_empty() {
+            instances.remove(0).sigkill();
+        }
+    }
+
+    fn scale(&mut self, stage: Stage, n: usize) {
+        while self.running.get(&stage).map_or(0, Vec::len) < n {
+            self.add(stage);
+        }
+        let instances = self.running.entry(stage).or_default();
+        while instances.len() > n {
+            if let Some(extra) = instances.pop() {
+                let status = extra.terminate();
+                assert!(
+                    status.success(),
+                    "{stage:?} exits cleanly on SIGTERM: {status}"
+                );
+            }
+        }
+    }
+
+    async fn stop(self) {
+        for (stage, instances) in self.running {
+            for instance in instances {
+                let status = tokio::task::spawn_blocking(move || instance.terminate())
+                    .await
+                    .expect("thread");
+                assert!(status.success(), "{stage:?} exits cleanly: {status}");
+            }
+        }
+        self.ingress_stop.cancel();
+        let _ = self.ingress_task.await;
+    }
+}
+
+/// Runs one scenario; `broker` is restarted by `Fault::BrokerRestart` when given.
+async fn scenario(
+    name: &str,
+    brokers: &str,
+    mock: Option<&TestBroker>,
+    mut own_broker: Option<OwnNisshi>,
+    faults: Vec<(f64, Fault)>,
+) {
+    let mut kafka = match mock {
+        Some(broker) => broker.kafka_args(name, PARTITIONS),
+        None => {
+            let mut kafka = KafkaArgs::new(brokers);
+            kafka.topic_prefix = pushrelay_testkit::unique_prefix(name);
+            kafka.bootstrap.partitions = PARTITIONS;
+            kafka
+        }
+    };
+    kafka.properties = vec![
+        ("session.timeout.ms".into(), "6000".into()),
+        ("heartbeat.interval.ms".into(), "500".into()),
+        ("topic.metadata.refresh.interval.ms".into(), "1000".into()),
+    ];
+    match mock {
+        Some(broker) => broker.create_all_topics(&kafka).await,
+        None => pushrelay_kafka::ensure_topics(&kafka, &pushrelay_testkit::all_topic_specs(&kafka))
+            .await
+            .expect("topics"),
+    }
+    let world = Arc::new(Mutex::new(World::new()));
+    let producer = producer(&kafka);
+    let records: Vec<_> = world
+        .lock()
+        .expect("lock")
+        .tenants
+        .iter()
+        .map(|t| (t.id.clone(), t.record().encode_to_vec()))
+        .collect();
+    for (id, record) in records {
+        produce(
+            &producer,
+            &kafka.topics().tenants,
+            id.as_bytes(),
+            None,
+            Some(&record),
+        )
+        .await;
+    }
+
+    // The fake APNs.
+    let pki = Pki::new(&format!("chaos-{name}"));
+    let p8 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("p8");
+    let p8_file = pki.write("AuthKey.p8", p8.serialize_pem().as_bytes());
+    let arrivals: Arrivals = Arc::default();
+    let app = Router::new()
+        .route("/3/device/{device}", post(apns))
+        .with_state(Arc::clone(&arrivals));
+    let (addr, provider) = pki.serve(app).await;
+    let deliver_env = vec![
+        ("PUSHRELAY_APNS_KEY_FILE", p8_file.display().to_string()),
+        ("PUSHRELAY_APNS_KEY_ID", "KEYID12345".to_owned()),
+        ("PUSHRELAY_APNS_TEAM_ID", "TEAM123456".to_owned()),
+        (
+            "PUSHRELAY_APNS_BASE_URL",
+            format!("https://localhost:{}", addr.port()),
+        ),
+        (
+            "PUSHRELAY_PROVIDER_CA_FILE",
+            pki.ca_file().display().to_string(),
+        ),
+        ("PUSHRELAY_RETRY_BASE_MS", "100".to_owned()),
+    ];
+    let mut relay = Relay::start(kafka.clone(), deliver_env).await;
+    let client = reqwest::Client::new();
+
+    // Subscribe every device, then send rounds until every device has its mailbox's
+    // count (subscriptions and counts travel on different topics).
+    let subscriptions: Vec<(String, String, String)> = {
+        let w = world.lock().expect("lock");
+        w.devices
+            .iter()
+            .map(|(device, m)| {
+                let (t, mailbox) = &w.mailboxes[*m];
+                (w.tokens[*t].clone(), mailbox.clone(), device.clone())
+            })
+            .collect()
+    };
+    let url = format!("{}/v1/subscriptions", relay.ingress);
+    futures_join_all(subscriptions.into_iter().map(|(token, mailbox, device)| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            let body = json!({"mailbox": mailbox, "platform": "apns",
+                              "deviceToken": device, "appId": "com.example.mail"});
+            post_until_accepted(&client, &url, &token, &body).await;
+        }
+    }))
+    .await;
+    let warm = Instant::now();
+    let mut round = 0;
+    loop {
+        round += 1;
+        send_round(&client, &relay.ingress, &world, round).await;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut settled = false;
+        while !settled && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            settled = world.lock().expect("lock").report(&arrivals).settled();
+        }
+        if settled {
+            break;
+        }
+        assert!(
+            warm.elapsed() < Duration::from_secs(120),
+            "[{name}] the relay never delivered a warm-up round: {}",
+            world.lock().expect("lock").report(&arrivals)
+        );
+    }
+    eprintln!("[{name}] warm after {round} rounds, {:?}", warm.elapsed());
+
+    // The stream, with the faults at their moments.
+    let first = round + 1;
+    let rounds = rounds();
+    let stream_time = ROUND_PERIOD.mul_f64(rounds as f64);
+    let mut faults = faults;
+    faults.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let sender = {
+        let client = client.clone();
+        let ingress = relay.ingress.clone();
+        let world = Arc::clone(&world);
+        tokio::spawn(async move {
+            let start = Instant::now();
+            for r in first..first + rounds {
+                send_round(&client, &ingress, &world, r).await;
+                let next = start + ROUND_PERIOD.mul_f64((r - first + 1) as f64);
+                tokio::time::sleep_until(next).await;
+            }
+        })
+    };
+    let start = Instant::now();
+    let mut log = Vec::new();
+    for (at, fault) in faults {
+        tokio::time::sleep_until(start + stream_time.mul_f64(at)).await;
+        log.push(format!("{:.1}s {fault:?}", start.elapsed().as_secs_f64()));
+        match fault {
+            Fault::Kill(stage, pause) => {
+                relay.kill_oldest(stage);
+                tokio::time::sleep(pause).await;
+                relay.add(stage);
+            }
+            Fault::Scale(stage, n) => {
+                relay = tokio::task::spawn_blocking(move || {
+                    relay.scale(stage, n);
+                    relay
+                })
+                .await
+                .expect("scale");
+            }
+            Fault::BrokerRestart(down) => {
+                let mut broker = own_broker.take().expect("a broker of the test's own");
+                own_broker = Some(
+                    tokio::task::spawn_blocking(move || {
+                        broker.restart_after(down);
+                        broker
+                    })
+                    .await
+                    .expect("restart"),
+                );
+            }
+        }
+    }
+    sender.await.expect("the mail servers' sends");
+    let sent = start.elapsed();
+
+    // Settle: every device on its mailbox's last count.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let report = loop {
+        let report = world.lock().expect("lock").report(&arrivals);
+        if report.settled() || Instant::now() > deadline {
+            break report;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let settled_after = start.elapsed() - sent;
+    let retried = world.lock().expect("lock").retried;
+    eprintln!(
+        "[{name}] faults: {}\n[{name}] stream of {rounds} rounds sent in {sent:.1?}, settled {settled_after:.1?} later; \
+         {retried} POSTs retried after a 503; {} stage processes started\n[{name}] {report}",
+        log.join(", "),
+        relay.started,
+    );
+    assert!(report.is_clean(), "[{name}] {report}");
+    relay.stop().await;
+    provider.cancel();
+    drop(own_broker);
+}
+
+/// The shared broker of `scripts/test`, or a mock cluster without it.
+fn shared_broker() -> (String, Option<TestBroker>) {
+    match TestBroker::real() {
+        Some(real) => (real.brokers, None),
+        None => {
+            let mock = TestBroker::mock();
+            (mock.brokers.clone(), Some(mock))
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_sigkills_of_every_stage_lose_nothing_and_never_go_back() {
+    let _serial = SERIAL.lock().await;
+    pushrelay_testkit::init_test_logging();
+    let seed = seed();
+    eprintln!("chaos seed {seed} (PUSHRELAY_CHAOS_SEED={seed} replays the schedule)");
+    let mut rng = Rng(seed);
+    let mut faults = Vec::new();
+    for stage in STAGES {
+        for _ in 0..kills_per_stage() {
+            let at = 0.1 + rng.below(750) as f64 / 1000.0;
+            let pause = Duration::from_millis(rng.below(1500));
+            faults.push((at, Fault::Kill(stage, pause)));
+        }
+    }
+    let (brokers, mock) = shared_broker();
+    scenario("kills", &brokers, mock.as_ref(), None, faults).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stage_scaled_one_to_three_to_one_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    pushrelay_testkit::init_test_logging();
+    let mut faults = Vec::new();
+    for stage in STAGES {
+        faults.push((0.15, Fault::Scale(stage, 3)));
+        faults.push((0.6, Fault::Scale(stage, 1)));
+    }
+    let (brokers, mock) = shared_broker();
+    scenario("scaling", &brokers, mock.as_ref(), None, faults).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_under_the_whole_relay_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    pushrelay_testkit::init_test_logging();
+    let Some(nisshi) = OwnNisshi::start("chaos-restart") else {
+        assert!(
+            TestBroker::real().is_none(),
+            "nisshi is not on PATH but the suite runs against a real broker"
+        );
+        eprintln!(
+            "nisshi is not installed: skipping the broker-restart scenario (scripts/test runs it)"
+        );
+        return;
+    };
+    let brokers = nisshi.brokers();
+    scenario(
+        "broker-restart",
+        &brokers,
+        None,
+        Some(nisshi),
+        vec![(0.4, Fault::BrokerRestart(Duration::from_secs(2)))],
+    )
+    .await;
+}
