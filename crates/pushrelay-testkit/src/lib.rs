@@ -49,7 +49,13 @@ impl std::fmt::Debug for TestBroker {
 impl TestBroker {
     /// A fresh in-process mock cluster (librdkafka's mock brokers).
     pub fn mock() -> Self {
-        let mock = MockCluster::new(1).expect("the mock cluster starts");
+        Self::mock_with_brokers(1)
+    }
+
+    /// A fresh in-process mock cluster of `brokers` brokers (ids 1 to `brokers`), for
+    /// moving partition leaders and group coordinators between them.
+    pub fn mock_with_brokers(brokers: i32) -> Self {
+        let mock = MockCluster::new(brokers).expect("the mock cluster starts");
         Self {
             brokers: mock.bootstrap_servers(),
             kind: "mock",
@@ -111,8 +117,12 @@ impl TestBroker {
         match &self._mock {
             Some(mock) => {
                 for spec in all_topic_specs(args) {
-                    mock.create_topic(&spec.name, args.bootstrap.partitions, 1)
-                        .expect("mock topic is created");
+                    mock.create_topic(
+                        &spec.name,
+                        args.bootstrap.partitions,
+                        args.bootstrap.replication_factor,
+                    )
+                    .expect("mock topic is created");
                 }
             }
             None => ensure_topics(args, &all_topic_specs(args))

@@ -10,6 +10,8 @@
 //!   replaced after a random pause;
 //! - **scaling**: every Kafka-consuming stage goes from one instance to three, then back
 //!   to one (the extra ones SIGTERMed);
+//! - **leadership moves** (mock cluster of three brokers): every group coordinator and
+//!   partition leader moved from broker to broker, and one broker down for two seconds;
 //! - **broker restart**: a Nisshi of the test's own (SQLite storage) is SIGKILLed, stays
 //!   down two seconds, and starts again on the same port; no stage is restarted.
 //!
@@ -35,12 +37,16 @@ use pushrelay_testkit::checker::{Checker, Observation, Report};
 use pushrelay_testkit::nisshi::OwnNisshi;
 use pushrelay_testkit::tls::Pki;
 use pushrelay_testkit::{StageProcess, TestBroker, TestTenant, produce, producer};
+use rdkafka::mocking::MockCoordinator;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 4;
+/// Brokers of the mock cluster when the suite has no real broker, or for the leadership
+/// scenario.
+const BROKERS_IN_MOCK: i32 = 3;
 const TENANTS: [&str; 2] = ["fabrikam.com", "contoso.com"];
 const MAILBOXES_PER_TENANT: usize = 60;
 /// Rounds of changes after the warm-up, one change per mailbox per round
@@ -95,6 +101,10 @@ enum Fault {
     Scale(Stage, usize),
     /// SIGKILL the broker, keep it down this long, start it again.
     BrokerRestart(Duration),
+    /// Mock cluster: move every group coordinator and partition leader to this broker.
+    MoveLeadership(i32),
+    /// Mock cluster: this broker down for this long.
+    BrokerDown(i32, Duration),
 }
 
 /// A small seeded generator (xorshift64*), so a failing schedule can be replayed.
@@ -430,8 +440,16 @@ async fn scenario(
     mut own_broker: Option<OwnNisshi>,
     faults: Vec<(f64, Fault)>,
 ) {
+    // Every broker of a mock cluster holds a replica, so leadership can move.
+    let replication = mock
+        .and_then(TestBroker::mock_cluster)
+        .map_or(1, |_| BROKERS_IN_MOCK);
     let mut kafka = match mock {
-        Some(broker) => broker.kafka_args(name, PARTITIONS),
+        Some(broker) => {
+            let mut kafka = broker.kafka_args(name, PARTITIONS);
+            kafka.bootstrap.replication_factor = replication;
+            kafka
+        }
         None => {
             let mut kafka = KafkaArgs::new(brokers);
             kafka.topic_prefix = pushrelay_testkit::unique_prefix(name);
@@ -579,6 +597,32 @@ async fn scenario(
                 .await
                 .expect("scale");
             }
+            Fault::MoveLeadership(to) => {
+                let cluster = mock
+                    .and_then(TestBroker::mock_cluster)
+                    .expect("a mock cluster");
+                for stage in STAGES {
+                    let group = format!("{}{}", kafka.topic_prefix, stage.subcommand());
+                    cluster
+                        .coordinator(MockCoordinator::Group(group), to)
+                        .expect("coordinator moves");
+                }
+                for spec in pushrelay_testkit::all_topic_specs(&kafka) {
+                    for p in 0..PARTITIONS {
+                        cluster
+                            .partition_leader(&spec.name, p, Some(to))
+                            .expect("leader moves");
+                    }
+                }
+            }
+            Fault::BrokerDown(broker, down) => {
+                let cluster = mock
+                    .and_then(TestBroker::mock_cluster)
+                    .expect("a mock cluster");
+                cluster.broker_down(broker).expect("broker down");
+                tokio::time::sleep(down).await;
+                cluster.broker_up(broker).expect("broker up");
+            }
             Fault::BrokerRestart(down) => {
                 let mut broker = own_broker.take().expect("a broker of the test's own");
                 own_broker = Some(
@@ -623,7 +667,7 @@ fn shared_broker() -> (String, Option<TestBroker>) {
     match TestBroker::real() {
         Some(real) => (real.brokers, None),
         None => {
-            let mock = TestBroker::mock();
+            let mock = TestBroker::mock_with_brokers(BROKERS_IN_MOCK);
             (mock.brokers.clone(), Some(mock))
         }
     }
@@ -682,6 +726,28 @@ async fn a_broker_restart_under_the_whole_relay_loses_nothing() {
         None,
         Some(nisshi),
         vec![(0.4, Fault::BrokerRestart(Duration::from_secs(2)))],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinators_and_leaders_moving_between_brokers_lose_nothing() {
+    let _serial = SERIAL.lock().await;
+    pushrelay_testkit::init_test_logging();
+    // Mock cluster only: a real broker cannot be told to move its coordinators.
+    let mock = TestBroker::mock_with_brokers(BROKERS_IN_MOCK);
+    let faults = vec![
+        (0.1, Fault::MoveLeadership(2)),
+        (0.3, Fault::BrokerDown(1, Duration::from_secs(2))),
+        (0.5, Fault::MoveLeadership(3)),
+        (0.7, Fault::MoveLeadership(1)),
+    ];
+    scenario(
+        "leadership",
+        &mock.brokers.clone(),
+        Some(&mock),
+        None,
+        faults,
     )
     .await;
 }
