@@ -1,7 +1,7 @@
 //! The pure part of the stage: decoding and checking input records, building output
 //! records. No I/O.
 
-use pushrelay_auth::Rejection;
+use pushrelay_auth::{MAX_TOKEN_BYTES, Rejection};
 use pushrelay_coalesce::{Change, Emission, mailbox_key};
 use pushrelay_kafka::{Record, murmur2_partition};
 use pushrelay_proto::Message;
@@ -11,11 +11,7 @@ use pushrelay_proto::v1::{
     TenantFeedback, UnreadCount,
 };
 
-/// Longest mailbox address accepted (RFC 5321 path limit).
-pub const MAX_MAILBOX_LEN: usize = 320;
-
-/// Longest device token accepted.
-pub const MAX_DEVICE_TOKEN_LEN: usize = 4096;
+pub use pushrelay_proto::checks::{MAX_DEVICE_TOKEN_LEN, MAX_MAILBOX_LEN};
 
 /// What a record's token speaks for: the fields feedback names.
 #[derive(Debug, Clone, Copy)]
@@ -65,7 +61,23 @@ pub fn decode_change(record: &Record) -> Result<MailboxChange, Invalid> {
     if change.token.is_empty() {
         return Err(Invalid::new("invalid_record", "no token"));
     }
+    check_token_size(&change.token)?;
     Ok(change)
+}
+
+/// The ingress refuses tokens over [`MAX_TOKEN_BYTES`], so a record carrying one did not
+/// come through it: an operator's problem (dead letter), not the tenant's (feedback).
+fn check_token_size(token: &str) -> Result<(), Invalid> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(Invalid::new(
+            "invalid_record",
+            format!(
+                "token of {} bytes, at most {MAX_TOKEN_BYTES} (the ingress's limit)",
+                token.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// What a validated change must satisfy against its Kafka placement: the key is exactly
@@ -190,6 +202,7 @@ pub fn decode_subscription_change(record: &Record) -> Result<SubscriptionChange,
     if change.token.is_empty() {
         return Err(Invalid::new("invalid_record", "no token"));
     }
+    check_token_size(&change.token)?;
     Ok(change)
 }
 

@@ -10,6 +10,7 @@ use pushrelay_kafka::{
     sha256,
 };
 use pushrelay_proto::Message;
+use pushrelay_proto::checks::check_push_request;
 use pushrelay_proto::keys::{mailbox_key, push_key, subscription_key};
 use pushrelay_proto::v1::{
     DeadLetter, DeliveryOutcome, DeliveryReceipt, FeedbackKind, PushRequest, TenantFeedback,
@@ -257,21 +258,25 @@ impl Stage {
     async fn on_push(&mut self, record: Record) -> Result<(), DeliverError> {
         let (partition, offset) = (record.partition, record.offset);
         self.tracker.begin(partition, offset);
-        let push = match record.payload.as_deref().map(PushRequest::decode) {
+        let decoded = record.payload.as_deref().map(|bytes| {
+            PushRequest::decode(bytes)
+                .map_err(|err| ("undecodable", format!("not a PushRequest: {err}")))
+                .and_then(|push| {
+                    check_push_request(record.key.as_deref(), &push)
+                        .map(|()| push)
+                        .map_err(|message| ("invalid_record", message))
+                })
+        });
+        let push = match decoded {
             Some(Ok(push)) => push,
             None => {
                 self.tracker.finish(partition, offset);
                 return Ok(());
             }
-            Some(Err(err)) => {
-                ::metrics::counter!(DEAD_LETTERS, "reason" => "undecodable").increment(1);
-                let letter = dead_letter(
-                    STAGE,
-                    &record,
-                    "undecodable",
-                    format!("not a PushRequest: {err}"),
-                    false,
-                );
+            Some(Err((reason, message))) => {
+                ::metrics::counter!(DEAD_LETTERS, "reason" => reason).increment(1);
+                tracing::warn!(partition, offset, reason, %message, "push request dead-lettered");
+                let letter = dead_letter(STAGE, &record, reason, message, false);
                 let out = Outgoing {
                     output: Output::DeadLetter,
                     partition: None,

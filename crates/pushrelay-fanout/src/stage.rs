@@ -9,6 +9,7 @@ use pushrelay_kafka::{
     now_ms, read_to_end, verify_copartitioned,
 };
 use pushrelay_proto::Message;
+use pushrelay_proto::checks::{check_subscription, check_unread_count};
 use pushrelay_proto::v1::{Subscription, UnreadCount};
 use pushrelay_telemetry::{Health, ReadyFlag};
 use tokio::sync::mpsc;
@@ -221,22 +222,26 @@ impl Stage {
     async fn on_count(&mut self, record: Record) -> Result<(), FanoutError> {
         let (partition, offset) = (record.partition, record.offset);
         self.tracker.begin(partition, offset);
-        let count = match record.payload.as_deref().map(UnreadCount::decode) {
+        let decoded = record.payload.as_deref().map(|bytes| {
+            UnreadCount::decode(bytes)
+                .map_err(|err| ("undecodable", format!("not an UnreadCount: {err}")))
+                .and_then(|count| {
+                    check_unread_count(record.key.as_deref(), &count)
+                        .map(|()| count)
+                        .map_err(|message| ("invalid_record", message))
+                })
+        });
+        let count = match decoded {
             Some(Ok(count)) => count,
             // A tombstone in the compacted changelog carries no count: nothing to push.
             None => {
                 self.tracker.finish(partition, offset);
                 return Ok(());
             }
-            Some(Err(err)) => {
+            Some(Err((reason, message))) => {
                 ::metrics::counter!(COUNTS, "outcome" => "dead_lettered").increment(1);
-                let letter = dead_letter(
-                    STAGE,
-                    &record,
-                    "undecodable",
-                    format!("not an UnreadCount: {err}"),
-                    false,
-                );
+                tracing::warn!(partition, offset, reason, %message, "unread count dead-lettered");
+                let letter = dead_letter(STAGE, &record, reason, message, false);
                 let key = record.key.clone().unwrap_or_default();
                 let group = self.open_group(partition, vec![offset], 1);
                 return self
@@ -354,30 +359,35 @@ impl Stage {
         if !self.followers.contains_key(&record.partition) {
             return Ok(()); // revoked since
         }
-        let Some(key) = record
+        let key = record
             .key
             .as_deref()
             .and_then(|k| std::str::from_utf8(k).ok())
-            .map(str::to_owned)
-        else {
-            return Ok(());
+            .map(str::to_owned);
+        let checked = match (key, record.payload.as_deref()) {
+            (None, _) => Err(("invalid_record", "no UTF-8 key".to_owned())),
+            // A tombstone removes the subscription of its key.
+            (Some(key), None) => Ok((key, None)),
+            (Some(key), Some(bytes)) => Subscription::decode(bytes)
+                .map_err(|err| ("undecodable", format!("not a Subscription: {err}")))
+                .and_then(|sub| {
+                    check_subscription(record.key.as_deref(), &sub)
+                        .map(|()| (key, Some(sub)))
+                        .map_err(|message| ("invalid_record", message))
+                }),
         };
-        let value = match record.payload.as_deref().map(Subscription::decode) {
-            None => None,
-            Some(Ok(sub)) => Some(sub),
-            Some(Err(err)) => {
-                let letter = dead_letter(
-                    STAGE,
-                    &record,
-                    "undecodable",
-                    format!("not a Subscription: {err}"),
-                    false,
-                );
+        let (key, value) = match checked {
+            Ok(checked) => checked,
+            Err((reason, message)) => {
+                tracing::warn!(partition = record.partition, offset = record.offset, reason,
+                    %message, "subscription dead-lettered");
+                let letter = dead_letter(STAGE, &record, reason, message, false);
+                let key = record.key.clone().unwrap_or_default();
                 return self
                     .send(
                         Output::DeadLetter,
                         None,
-                        key.as_bytes(),
+                        &key,
                         Some(&letter.encode_to_vec()),
                         None,
                     )
@@ -412,19 +422,34 @@ impl Stage {
                 .await
                 .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
         let loaded = records.len();
+        let mut skipped = 0_usize;
         for record in records {
             if let Some(key) = record
                 .key
                 .as_deref()
                 .and_then(|k| std::str::from_utf8(k).ok())
             {
-                let value = record
-                    .payload
-                    .as_deref()
-                    .and_then(|v| Subscription::decode(v).ok());
+                // Records the live path dead-letters are skipped here too (they were
+                // dead-lettered when they first arrived).
+                let value = match record.payload.as_deref().map(Subscription::decode) {
+                    None => None,
+                    Some(Ok(sub)) if check_subscription(record.key.as_deref(), &sub).is_ok() => {
+                        Some(sub)
+                    }
+                    Some(_) => {
+                        skipped += 1;
+                        continue;
+                    }
+                };
                 let key = key.to_owned();
                 self.table.apply(record.partition, &key, value.as_ref());
             }
+        }
+        if skipped > 0 {
+            tracing::warn!(
+                skipped,
+                "invalid subscription records skipped while restoring"
+            );
         }
         for (partition, end) in ends {
             let tx = self.updates_tx.clone();

@@ -10,10 +10,7 @@ use serde_json::Value;
 
 use crate::ApiError;
 
-/// Longest mailbox address accepted (RFC 5321 path limit).
-pub const MAX_MAILBOX_LEN: usize = 320;
-/// Longest device token accepted.
-pub const MAX_DEVICE_TOKEN_LEN: usize = 4096;
+pub use pushrelay_proto::checks::{MAX_DEVICE_TOKEN_LEN, MAX_MAILBOX_LEN};
 
 /// How a body is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,6 +8,7 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/pushrelay.v1.rs"));
 }
 
+pub mod checks;
 pub mod keys;
 
 pub use prost::Message;

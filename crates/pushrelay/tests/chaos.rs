@@ -12,6 +12,9 @@
 //!   to one (the extra ones SIGTERMed);
 //! - **leadership moves** (mock cluster of three brokers): every group coordinator and
 //!   partition leader moved from broker to broker, and one broker down for two seconds;
+//! - **poison**: malformed, truncated and oversized records on each of the six topics a
+//!   stage consumes, twice, keyed to share partitions with live traffic: every one must be
+//!   in `dead-letters` and the traffic behind it must flow;
 //! - **broker restart**: a Nisshi of the test's own (SQLite storage) is SIGKILLed, stays
 //!   down two seconds, and starts again on the same port; no stage is restarted.
 //!
@@ -22,7 +25,7 @@
 //! Kills and scaling run on the real broker of `scripts/test` (the mock cluster without it);
 //! the broker restart needs the `nisshi` binary.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,12 +35,18 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use pushrelay_kafka::KafkaArgs;
 use pushrelay_proto::Message;
+use pushrelay_proto::keys::{mailbox_key, push_key, subscription_key};
+use pushrelay_proto::v1::{
+    DeadLetter, KeyCredential, MailboxChange, Platform, PushRequest, Subscription,
+    SubscriptionChange, Tenant, UnreadCount,
+};
 use pushrelay_telemetry::Health;
 use pushrelay_testkit::checker::{Checker, Observation, Report};
 use pushrelay_testkit::nisshi::OwnNisshi;
 use pushrelay_testkit::tls::Pki;
 use pushrelay_testkit::{StageProcess, TestBroker, TestTenant, produce, producer};
 use rdkafka::mocking::MockCoordinator;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -105,6 +114,8 @@ enum Fault {
     MoveLeadership(i32),
     /// Mock cluster: this broker down for this long.
     BrokerDown(i32, Duration),
+    /// Malformed, truncated and oversized records on every topic a stage consumes.
+    Poison,
 }
 
 /// A small seeded generator (xorshift64*), so a failing schedule can be replayed.
@@ -580,6 +591,7 @@ async fn scenario(
     };
     let start = Instant::now();
     let mut log = Vec::new();
+    let mut poisoned = Vec::new();
     for (at, fault) in faults {
         tokio::time::sleep_until(start + stream_time.mul_f64(at)).await;
         log.push(format!("{:.1}s {fault:?}", start.elapsed().as_secs_f64()));
@@ -623,6 +635,7 @@ async fn scenario(
                 tokio::time::sleep(down).await;
                 cluster.broker_up(broker).expect("broker up");
             }
+            Fault::Poison => poisoned.extend(poison(&kafka, &producer).await),
             Fault::BrokerRestart(down) => {
                 let mut broker = own_broker.take().expect("a broker of the test's own");
                 own_broker = Some(
@@ -657,9 +670,174 @@ async fn scenario(
         relay.started,
     );
     assert!(report.is_clean(), "[{name}] {report}");
+    if !poisoned.is_empty() {
+        let lettered = dead_lettered(&kafka, &poisoned).await;
+        let missing: Vec<_> = poisoned.iter().filter(|p| !lettered.contains(*p)).collect();
+        let topics: HashSet<&String> = poisoned.iter().map(|p| &p.0).collect();
+        eprintln!(
+            "[{name}] {} poison records on {} topics, {} of them in the dead letters",
+            poisoned.len(),
+            topics.len(),
+            poisoned.len() - missing.len()
+        );
+        assert!(
+            missing.is_empty(),
+            "[{name}] poison records not dead-lettered: {missing:?}"
+        );
+    }
     relay.stop().await;
     provider.cancel();
     drop(own_broker);
+}
+
+/// A record (topic, partition, offset) that must end in the dead letters.
+type Poisoned = (String, i32, i64);
+
+/// Bytes no protobuf decoder accepts (an overlong varint).
+const MALFORMED: &[u8] = b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff";
+
+/// `message` encoded, then cut inside a field so it no longer decodes.
+fn truncated<M: Message + Default>(message: &M) -> Vec<u8> {
+    let bytes = message.encode_to_vec();
+    (bytes.len() / 2..bytes.len())
+        .map(|cut| bytes[..cut].to_vec())
+        .find(|cut| M::decode(cut.as_slice()).is_err())
+        .expect("some cut does not decode")
+}
+
+/// Three bad records (malformed, truncated, decodable but over the limits) on each of
+/// the six topics a stage consumes, keyed like real records of the run so they share
+/// partitions with live traffic. Returns where they landed.
+async fn poison(kafka: &KafkaArgs, producer: &FutureProducer) -> Vec<Poisoned> {
+    let topics = kafka.topics();
+    let tenant = TENANTS[0];
+    let live_mailbox = format!("user0@{tenant}");
+    let live_device = format!("{:064x}", 0);
+    // Compacted topics get keys of their own: a bad record under a live key would be the
+    // key's latest value.
+    let dead_mailbox = format!("poison@{tenant}");
+    let apns = Platform::Apns as i32;
+    let big = |n: usize| "p".repeat(n);
+
+    let change = MailboxChange {
+        mailbox: live_mailbox.clone(),
+        unread_count: 1,
+        sequence: 1,
+        token: big(20 * 1024),
+        ..MailboxChange::default()
+    };
+    let subscription_change = SubscriptionChange {
+        mailbox: live_mailbox.clone(),
+        platform: apns,
+        device_token: big(5000),
+        app_id: "com.example.mail".into(),
+        token: "x.y.z".into(),
+        ..SubscriptionChange::default()
+    };
+    let tenant_record = Tenant {
+        id: "poison.example".into(),
+        enabled: true,
+        issuer: "poison".into(),
+        keys: vec![KeyCredential {
+            certificate_der: vec![0x30; 300 * 1024],
+            ..KeyCredential::default()
+        }],
+        ..Tenant::default()
+    };
+    let count = UnreadCount {
+        tenant: tenant.into(),
+        mailbox: big(100 * 1024),
+        count: 1,
+        sequence: 1,
+        ..UnreadCount::default()
+    };
+    let subscription = Subscription {
+        tenant: tenant.into(),
+        mailbox: dead_mailbox.clone(),
+        platform: apns,
+        device_token: big(100 * 1024),
+        app_id: "com.example.mail".into(),
+        ..Subscription::default()
+    };
+    let push = PushRequest {
+        tenant: tenant.into(),
+        mailbox: live_mailbox.clone(),
+        platform: apns,
+        device_token: live_device.clone(),
+        app_id: "com.example.mail".into(),
+        payload: big(64 * 1024).into_bytes(),
+        ..PushRequest::default()
+    };
+    let sets: Vec<(&String, String, Vec<Vec<u8>>)> = vec![
+        (
+            &topics.mailbox_changes,
+            mailbox_key(tenant, &live_mailbox),
+            vec![truncated(&change), change.encode_to_vec()],
+        ),
+        (
+            &topics.subscription_changes,
+            mailbox_key(tenant, &live_mailbox),
+            vec![
+                truncated(&subscription_change),
+                subscription_change.encode_to_vec(),
+            ],
+        ),
+        (
+            &topics.tenants,
+            "poison.example".into(),
+            vec![truncated(&tenant_record), tenant_record.encode_to_vec()],
+        ),
+        (
+            &topics.unread_counts,
+            mailbox_key(tenant, &dead_mailbox),
+            vec![truncated(&count), count.encode_to_vec()],
+        ),
+        (
+            &topics.subscriptions,
+            subscription_key(&mailbox_key(tenant, &dead_mailbox), apns, "dead"),
+            vec![truncated(&subscription), subscription.encode_to_vec()],
+        ),
+        (
+            &topics.push_requests,
+            push_key(apns, &live_device),
+            vec![truncated(&push), push.encode_to_vec()],
+        ),
+    ];
+    let mut landed = Vec::new();
+    for (topic, key, mut values) in sets {
+        values.insert(0, MALFORMED.to_vec());
+        for value in values {
+            let delivery = producer
+                .send(
+                    FutureRecord::to(topic).key(key.as_bytes()).payload(&value),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(err, _)| err)
+                .expect("poison record acknowledged");
+            landed.push((topic.clone(), delivery.partition, delivery.offset));
+        }
+    }
+    landed
+}
+
+/// The (topic, partition, offset) of every dead letter, once all of `expected` are there
+/// or a minute has passed.
+async fn dead_lettered(kafka: &KafkaArgs, expected: &[Poisoned]) -> HashSet<Poisoned> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let letters: HashSet<Poisoned> =
+            pushrelay_testkit::read_topic(kafka, &kafka.topics().dead_letters)
+                .await
+                .iter()
+                .filter_map(|r| DeadLetter::decode(r.payload.as_deref()?).ok())
+                .map(|l| (l.source_topic, l.source_partition, l.source_offset))
+                .collect();
+        if expected.iter().all(|p| letters.contains(p)) || Instant::now() > deadline {
+            return letters;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// The shared broker of `scripts/test`, or a mock cluster without it.
@@ -750,4 +928,13 @@ async fn coordinators_and_leaders_moving_between_brokers_lose_nothing() {
         faults,
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_on_every_input_topic_is_dead_lettered_and_traffic_keeps_moving() {
+    let _serial = SERIAL.lock().await;
+    pushrelay_testkit::init_test_logging();
+    let (brokers, mock) = shared_broker();
+    let faults = vec![(0.2, Fault::Poison), (0.6, Fault::Poison)];
+    scenario("poison", &brokers, mock.as_ref(), None, faults).await;
 }
