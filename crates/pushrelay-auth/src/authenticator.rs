@@ -5,7 +5,7 @@ use moka::Expiry;
 use moka::sync::Cache;
 
 use crate::registry::TenantEntry;
-use crate::token::UnverifiedToken;
+use crate::token::{MAX_TOKEN_BYTES, UnverifiedToken};
 use crate::validator::{KeySource, check_algorithm, validate_with};
 use crate::{JwksConfig, JwksFetcher, Reason, Rejection, TenantRegistry, ValidationConfig};
 
@@ -118,8 +118,9 @@ impl Authenticator {
         token: &str,
         now_ms: i64,
     ) -> Result<Authenticated, Rejection> {
-        let digest = token_digest(token);
-        if let Some(hit) = self.cached(&digest, now_ms) {
+        // An oversized token is refused by its length alone: not hashed, decoded or verified.
+        let digest = (token.len() <= MAX_TOKEN_BYTES).then(|| token_digest(token));
+        if let Some(hit) = digest.as_ref().and_then(|d| self.cached(d, now_ms)) {
             return Ok(hit);
         }
         let result = self.validate(token, now_ms).await;
@@ -134,13 +135,18 @@ impl Authenticator {
             }
         }
         let (entry, authenticated) = result?;
-        self.tokens.insert(digest, Arc::new(entry));
+        if let Some(digest) = digest {
+            self.tokens.insert(digest, Arc::new(entry));
+        }
         Ok(authenticated)
     }
 
     /// The cached answer for `token` as of `now_ms`, if it has one that still holds.
     /// Synchronous: this is the hot path (a SHA-256, a cache lookup and a registry check).
     pub fn authenticate_cached(&self, token: &str, now_ms: i64) -> Option<Authenticated> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return None;
+        }
         self.cached(&token_digest(token), now_ms)
     }
 

@@ -41,9 +41,9 @@ impl Default for JwksConfig {
 #[derive(Debug, Clone)]
 pub(crate) struct KeySet {
     pub(crate) keys: Vec<KeyCredential>,
-    /// When keys were last fetched successfully (`None`: never).
+    /// When keys were last fetched successfully, at the end of that fetch (`None`: never).
     fetched_at: Option<Instant>,
-    /// When a fetch was last attempted.
+    /// When the last fetch attempt ended.
     attempted_at: Instant,
     last_error: Option<String>,
 }
@@ -210,8 +210,23 @@ impl JwksFetcher {
     }
 
     async fn fetch(&self, url: &str, previous: Option<&KeySet>) -> KeySet {
+        let keys = self
+            .download(url)
+            .await
+            .and_then(|body| parse_jwks(&body))
+            .and_then(|keys| {
+                // A document without one usable key (all too small, undecodable, or none)
+                // is a broken endpoint, not a revocation: the last good keys stay.
+                if keys.is_empty() {
+                    Err(format!("GET {url}: no usable signing key in the document"))
+                } else {
+                    Ok(keys)
+                }
+            });
+        // The cooldown runs from the end of the attempt: an endpoint slower than the
+        // cooldown must not be asked again the moment it has answered (or timed out).
         let now = Instant::now();
-        match self.download(url).await.and_then(|body| parse_jwks(&body)) {
+        match keys {
             Ok(keys) => {
                 metrics::counter!("pushrelay_auth_jwks_fetches_total", "result" => "ok")
                     .increment(1);
@@ -239,7 +254,7 @@ impl JwksFetcher {
     }
 
     async fn download(&self, url: &str) -> Result<Vec<u8>, String> {
-        let response = self
+        let mut response = self
             .client
             .get(url)
             .header("accept", "application/json")
@@ -259,17 +274,23 @@ impl JwksFetcher {
                 self.config.max_bytes
             ));
         }
-        let body = response
-            .bytes()
+        // Read chunk by chunk: an endpoint streaming an endless body without a length is
+        // cut off at the limit, not buffered until the timeout.
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|err| format!("GET {url}: {err}"))?;
-        if body.len() > self.config.max_bytes {
-            return Err(format!(
-                "GET {url}: document larger than {} bytes",
-                self.config.max_bytes
-            ));
+            .map_err(|err| format!("GET {url}: {err}"))?
+        {
+            if body.len() + chunk.len() > self.config.max_bytes {
+                return Err(format!(
+                    "GET {url}: document larger than {} bytes",
+                    self.config.max_bytes
+                ));
+            }
+            body.extend_from_slice(&chunk);
         }
-        Ok(body.to_vec())
+        Ok(body)
     }
 }
 

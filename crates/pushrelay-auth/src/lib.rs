@@ -4,6 +4,7 @@
 //! The relay accepts it when:
 //! - the header's `alg` is on the allow-list (RS256 by default, PS256 and ES256 optional;
 //!   `none` and HMAC never), and `jku`, `x5u` and `jwk` headers are ignored, never fetched;
+//! - the token is at most 16 KiB, its header has no `crit` and a `typ`, if any, of JWT;
 //! - the key is the tenant's, chosen by (tenant, `x5t`) or (tenant, `kid`) only, among the
 //!   registered [`KeyCredential`]s or the keys of the tenant's JWKS metadata URL, and the
 //!   key is inside its validity window and of the type `alg` needs;
@@ -30,7 +31,7 @@ pub use jwks::{JwksConfig, JwksFetcher, parse_jwks};
 pub use mint::{MintError, SigningKey, mint_token};
 pub use registry::{TenantEntry, TenantRegistry, TenantUpdateError, valid_tenant_id};
 pub use rejection::{Reason, Rejection, TokenFacts};
-pub use token::{TokenHeader, UnverifiedToken};
+pub use token::{MAX_TOKEN_BYTES, TokenHeader, UnverifiedToken};
 pub use validator::{ValidToken, ValidationConfig, validate_token};
 
 /// The algorithms this relay can verify.

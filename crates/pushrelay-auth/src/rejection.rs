@@ -4,7 +4,8 @@ use std::fmt;
 /// metrics labels and tenant feedback.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {
-    /// Not three base64url parts of JSON objects, or too large.
+    /// Not three base64url parts of JSON objects, too large, or with a header the relay
+    /// refuses (`crit`, a `typ` other than JWT).
     Malformed(String),
     /// `alg` is not on the allow-list (`none`, HMAC and unknown ones never are).
     AlgorithmNotAllowed(String),

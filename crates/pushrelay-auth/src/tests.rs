@@ -579,3 +579,86 @@ fn pem_certificates_are_read() {
     assert_eq!(keys[0].thumbprint.as_deref(), Some(f.x5t.as_str()));
     assert_eq!(keys[0].kind, KeyKind::Rsa { bits: 2048 });
 }
+
+#[test]
+fn crit_headers_are_refused_even_when_the_signature_verifies() {
+    // RFC 7515 §4.1.11: the relay understands no extension, so any `crit` is refused.
+    let f = fabrikam();
+    for crit in [json!(["exp"]), json!(["b64"]), json!([]), json!("urn:x")] {
+        let mut header = header_x5t(&f.x5t);
+        header.insert("crit".into(), crit.clone());
+        header.insert("b64".into(), json!(false));
+        let token = sign(f, "RS256", header, &claims(f));
+        match check(&token) {
+            Err(Reason::Malformed(detail)) => assert!(detail.contains("crit"), "{detail}"),
+            other => panic!("crit {crit}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn only_jwt_typ_is_accepted() {
+    let f = fabrikam();
+    let with_typ = |typ: Value| {
+        let mut header = header_x5t(&f.x5t);
+        header.insert("typ".into(), typ);
+        check(&sign(f, "RS256", header, &claims(f)))
+    };
+    for typ in ["JWT", "jwt", "application/jwt", "Application/JWT"] {
+        assert!(with_typ(json!(typ)).is_ok(), "{typ}");
+    }
+    for typ in [
+        json!("at+jwt"),
+        json!("logout+jwt"),
+        json!("JWE"),
+        json!("JOSE+JSON"),
+        json!(""),
+        json!(1),
+        json!(null),
+        json!(["JWT"]),
+    ] {
+        assert!(
+            matches!(with_typ(typ.clone()), Err(Reason::Malformed(_))),
+            "{typ}"
+        );
+    }
+    // No typ at all is fine (RFC 7519 §5.1: it is optional).
+    let token = unsigned(&json!({"alg": "RS256", "x5t": f.x5t}), &claims(f), b"sig");
+    assert_eq!(check(&token), Err(Reason::BadSignature));
+}
+
+#[tokio::test]
+async fn an_oversized_token_is_refused_by_length_before_anything_else() {
+    let f = fabrikam();
+    let registry = registry_with(&[f]);
+    let auth = Authenticator::new(registry, AuthConfig::default());
+    // Validly signed by the tenant: only the length limit stands between it and acceptance.
+    let mut c = claims(f);
+    c["pad"] = json!("x".repeat(MAX_TOKEN_BYTES));
+    let token = sign(f, "RS256", header_x5t(&f.x5t), &c);
+    assert!(token.len() > MAX_TOKEN_BYTES);
+    let parsed = UnverifiedToken::parse(&token).expect_err("too large");
+    assert_eq!(*parsed.facts, TokenFacts::default(), "nothing was decoded");
+    let rejected = auth
+        .authenticate_at(&token, NOW_MS)
+        .await
+        .expect_err("too large");
+    match &rejected.reason {
+        Reason::Malformed(detail) => assert!(detail.contains("at most 16384"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        *rejected.facts,
+        TokenFacts::default(),
+        "nothing was decoded"
+    );
+    assert!(auth.authenticate_cached(&token, NOW_MS).is_none());
+    // Exactly at the limit it is read normally.
+    let mut c = claims(f);
+    c["pad"] = json!("");
+    let base = sign(f, "RS256", header_x5t(&f.x5t), &c).len();
+    c["pad"] = json!("x".repeat((MAX_TOKEN_BYTES - base) * 3 / 4));
+    let token = sign(f, "RS256", header_x5t(&f.x5t), &c);
+    assert!(token.len() <= MAX_TOKEN_BYTES, "{}", token.len());
+    assert!(auth.authenticate_at(&token, NOW_MS).await.is_ok());
+}

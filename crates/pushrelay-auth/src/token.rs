@@ -4,8 +4,8 @@ use serde_json::{Map, Value};
 
 use crate::{Reason, Rejection, TokenFacts};
 
-/// Largest token accepted, in bytes.
-pub(crate) const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// Largest token accepted, in bytes; a longer one is refused before it is decoded.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// The header fields the relay reads. `jku`, `x5u` and `jwk` are deliberately not read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +47,18 @@ impl<'a> UnverifiedToken<'a> {
             return Err(malformed("expected three dot-separated parts".into()));
         };
         let header_json = decode_object(header, "header")?;
+        // RFC 7515 §4.1.11: a `crit` extension the recipient does not understand must be
+        // refused, and this relay understands none.
+        if header_json.contains_key("crit") {
+            return Err(malformed("the header has a crit parameter".into()));
+        }
+        // RFC 8725 §3.11: a token typed as something other than a JWT (an access token of
+        // another profile, a logout token, ...) is not one of these, even if it verifies.
+        match header_json.get("typ") {
+            None => {}
+            Some(Value::String(typ)) if is_jwt_type(typ) => {}
+            Some(_) => return Err(malformed("the header's typ is not JWT".into())),
+        }
         let alg = match header_json.get("alg") {
             Some(Value::String(alg)) => alg.clone(),
             _ => return Err(malformed("the header has no alg string".into())),
@@ -112,6 +124,11 @@ fn decode_object(part: &str, what: &str) -> Result<Map<String, Value>, Rejection
         Ok(_) => Err(malformed(format!("the {what} is not a JSON object"))),
         Err(_) => Err(malformed(format!("the {what} is not JSON"))),
     }
+}
+
+/// `JWT`, with or without the `application/` prefix, in any case (RFC 7519 §5.1).
+fn is_jwt_type(typ: &str) -> bool {
+    typ.eq_ignore_ascii_case("jwt") || typ.eq_ignore_ascii_case("application/jwt")
 }
 
 fn malformed(detail: String) -> Rejection {
