@@ -62,6 +62,11 @@ pub struct StageArgs {
     #[arg(long, env = "PUSHRELAY_JWKS_REFRESH_SECS", default_value_t = 3600)]
     pub jwks_refresh_secs: u64,
 
+    /// Give up on one JWKS fetch after this long, milliseconds. Records of the stage wait
+    /// for a fetch in flight (at most once per cooldown per URL); stale keys answer after.
+    #[arg(long, env = "PUSHRELAY_JWKS_TIMEOUT_MS", default_value_t = 2000)]
+    pub jwks_timeout_ms: u64,
+
     /// Emit a mailbox's count when no change came for this long, milliseconds.
     #[arg(long, env = "PUSHRELAY_QUIET_PERIOD_MS", default_value_t = 250)]
     pub quiet_period_ms: u64,
@@ -117,6 +122,7 @@ impl StageArgs {
             token_cache_capacity: 1_000_000,
             jwks_cooldown_secs: 300,
             jwks_refresh_secs: 3600,
+            jwks_timeout_ms: 2000,
             quiet_period_ms: 250,
             max_delay_ms: 1000,
             idle_ttl_secs: 3600,
@@ -141,6 +147,7 @@ impl StageArgs {
             jwks: JwksConfig {
                 cooldown: Duration::from_secs(self.jwks_cooldown_secs),
                 refresh: Duration::from_secs(self.jwks_refresh_secs),
+                timeout: Duration::from_millis(self.jwks_timeout_ms),
                 ..JwksConfig::default()
             },
         }
