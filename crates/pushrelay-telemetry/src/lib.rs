@@ -27,9 +27,32 @@ pub fn metrics_handle() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics stays empty");
             }
+            spawn_upkeep(handle.clone());
             handle
         })
         .clone()
+}
+
+/// How often histogram samples are folded into their summaries.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The recorder keeps every histogram sample until upkeep folds it into its summary. A
+/// `/metrics` scrape runs upkeep, but a relay nobody scrapes would keep every latency
+/// sample it ever recorded (measured before this: the delivery stage's resident memory grew
+/// ~2 MiB a minute at 1,400 pushes/s). So upkeep also runs on a timer, on a thread of its
+/// own (stages and tests may run on any runtime, or none).
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(err) = spawned {
+        tracing::warn!(error = %err, "cannot start the metrics upkeep thread; only scrapes fold histogram samples");
+    }
 }
 
 /// Why a service stopped: its own error, or the admin server could not start.

@@ -808,20 +808,25 @@ fn slope(points: &[(f64, u64)]) -> f64 {
 /// Prints each stage's RSS at the start, peak, end, and its slope over the second half.
 fn print_rss(name: &str, samples: &RssSamples) {
     for (stage, series) in samples {
-        let (Some(first), Some(last)) = (series.first(), series.last()) else {
+        let Some(first) = series.first() else {
             continue;
         };
         let peak = series.iter().map(|p| p.1).max().unwrap_or(0);
         let half = &series[series.len() / 2..];
         let per_min = slope(half) * 60.0 / 1024.0;
+        let quarters: Vec<String> = (1..=4)
+            .map(|q| {
+                let (t, kib) = series[(series.len() * q / 4).min(series.len() - 1)];
+                format!("{:.1} MiB at {t:.0} s", kib as f64 / 1024.0)
+            })
+            .collect();
         eprintln!(
-            "[{name}] RSS {}: {:.1} MiB at start, peak {:.1}, {:.1} at {:.0} s; \
+            "[{name}] RSS {}: {:.1} MiB at start, {}; peak {:.1} MiB; \
              second half slope {per_min:+.3} MiB/min ({} samples)",
             stage.subcommand(),
             first.1 as f64 / 1024.0,
+            quarters.join(", "),
             peak as f64 / 1024.0,
-            last.1 as f64 / 1024.0,
-            last.0,
             series.len()
         );
     }
