@@ -98,7 +98,8 @@ pub fn thumbprint(certificate_der: &[u8]) -> String {
 }
 
 impl KeyCredential {
-    /// A credential from a certificate (DER), valid for the certificate's own validity.
+    /// A credential from a certificate (DER), valid for the certificate's own validity
+    /// (refused when that window is empty: its record would not load).
     pub fn from_certificate_der(der: &[u8]) -> Result<Self, CredentialError> {
         let (_, cert) = X509Certificate::from_der(der)
             .map_err(|err| CredentialError::NotACertificate(err.to_string()))?;
@@ -107,7 +108,7 @@ impl KeyCredential {
         let not_after_ms = validity.not_after.timestamp().saturating_mul(1000);
         let spki = cert.public_key();
         let (kind, key) = decoding_key(spki)?;
-        Ok(Self {
+        Self {
             thumbprint: Some(thumbprint(der)),
             key_id: None,
             kind,
@@ -116,7 +117,8 @@ impl KeyCredential {
             certificate_der: der.to_vec(),
             public_key_der: spki.raw.to_vec(),
             key,
-        })
+        }
+        .checked()
     }
 
     /// Credentials from every certificate in a PEM text.
@@ -328,4 +330,39 @@ fn decoding_key(
 fn strip_zeros(bytes: &[u8]) -> &[u8] {
     let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
     &bytes[first..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `credentials` fuzz target: a certificate whose validity ends before it
+    /// starts was accepted, then its own record (`to_proto`) was refused by `from_proto`,
+    /// so `relayctl tenant enable --cert` wrote a tenant the stage could not load.
+    #[test]
+    fn a_certificate_with_an_empty_window_is_refused() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["fabrikam.com".to_owned()]).expect("params");
+        params.not_before = rcgen::date_time_ymd(2031, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2030, 1, 1);
+        let der = params
+            .self_signed(&key)
+            .expect("certificate")
+            .der()
+            .to_vec();
+        assert_eq!(
+            KeyCredential::from_certificate_der(&der).map(|_| ()),
+            Err(CredentialError::EmptyWindow)
+        );
+        params.not_after = rcgen::date_time_ymd(2032, 1, 1);
+        let der = params
+            .self_signed(&key)
+            .expect("certificate")
+            .der()
+            .to_vec();
+        let credential = KeyCredential::from_certificate_der(&der).expect("a usable certificate");
+        let again = KeyCredential::from_proto(&credential.to_proto()).expect("its record loads");
+        assert_eq!(again.thumbprint, credential.thumbprint);
+    }
 }

@@ -115,7 +115,7 @@ pub fn parse_token_response(body: &[u8], now_secs: i64) -> Result<AccessToken, C
         .unwrap_or(3600);
     Ok(AccessToken {
         token: token.to_owned(),
-        expires_at: now_secs + expires_in,
+        expires_at: now_secs.saturating_add(expires_in),
     })
 }
 
@@ -130,7 +130,7 @@ impl TokenCache {
     pub fn get(&self, now_secs: i64) -> Option<&str> {
         self.current
             .as_ref()
-            .filter(|t| now_secs < t.expires_at - 60)
+            .filter(|t| now_secs < t.expires_at.saturating_sub(60))
             .map(|t| t.token.as_str())
     }
 
@@ -214,5 +214,22 @@ mod tests {
         cache.invalidate();
         assert_eq!(cache.get(1_000), None);
         assert!(parse_token_response(b"{}", 0).is_err());
+    }
+
+    /// Found while writing the `provider_answers` fuzz target: an `expires_in` near the
+    /// integer limits overflowed (a panic with overflow checks, a wrapped expiry without).
+    #[test]
+    fn an_absurd_expires_in_saturates() {
+        let mut cache = TokenCache::default();
+        for (expires_in, cached) in [(i64::MAX, true), (i64::MIN, false)] {
+            let body = format!(r#"{{"access_token":"t","expires_in":{expires_in}}}"#);
+            let token = parse_token_response(body.as_bytes(), 1_000).expect("token");
+            cache.put(token);
+            assert_eq!(
+                cache.get(1_000).is_some(),
+                cached,
+                "expires_in {expires_in}"
+            );
+        }
     }
 }

@@ -289,12 +289,15 @@ impl Scheduler {
                         Some(delay) if expires_before(&entry.job, now_ms, delay) => {
                             Some(Verdict::Expired)
                         }
-                        Some(delay) => {
-                            let at = now + delay;
-                            entry.state = State::Waiting(at);
-                            self.timers.push(Reverse((at, key.clone())));
-                            None
-                        }
+                        // A `Retry-After` beyond what a clock can hold: never retried.
+                        Some(delay) => match now.checked_add(delay) {
+                            None => Some(Verdict::Exhausted),
+                            Some(at) => {
+                                entry.state = State::Waiting(at);
+                                self.timers.push(Reverse((at, key.clone())));
+                                None
+                            }
+                        },
                     }
                 }
             }
@@ -410,7 +413,8 @@ impl Scheduler {
 /// Whether `job` expires before `now_ms + delay` (pushes without an expiry never do).
 fn expires_before(job: &Job, now_ms: i64, delay: Duration) -> bool {
     let expires = job.push.expires_time_ms;
-    expires > 0 && expires <= now_ms.saturating_add(delay.as_millis() as i64)
+    let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+    expires > 0 && expires <= now_ms.saturating_add(delay_ms)
 }
 
 #[cfg(test)]
@@ -645,6 +649,44 @@ mod tests {
             &mut out,
         );
         assert_eq!(finishes(&out), vec![(1, Verdict::Expired)]);
+    }
+
+    /// Found by the `provider_answers` fuzz target: a huge `Retry-After` wrapped when
+    /// converted to milliseconds, so a push with an expiry waited (for billions of years)
+    /// instead of expiring, and a larger one overflowed the clock (a panic).
+    #[test]
+    fn an_absurd_retry_after_expires_or_exhausts_the_push() {
+        let huge = Duration::from_secs(4_808_176_044_395_724_801);
+        let mut s = Scheduler::new(RetryPolicy::default(), 1);
+        let mut out = Vec::new();
+        s.submit(job("d", 1, 0), NOW_MS, &mut out);
+        let (key, id, _) = sends(&out)[0].clone();
+        out.clear();
+        s.answered(
+            &key,
+            id,
+            retry(Some(huge)),
+            (Instant::now(), NOW_MS),
+            &mut out,
+        );
+        assert_eq!(finishes(&out), vec![(1, Verdict::Expired)]);
+
+        let mut forever = job("d", 1, 0);
+        Arc::make_mut(&mut forever.push).expires_time_ms = 0;
+        out.clear();
+        s.submit(forever, NOW_MS, &mut out);
+        let (key, id, _) = sends(&out)[0].clone();
+        out.clear();
+        let max = Duration::from_secs(u64::MAX);
+        s.answered(
+            &key,
+            id,
+            retry(Some(max)),
+            (Instant::now(), NOW_MS),
+            &mut out,
+        );
+        assert_eq!(finishes(&out), vec![(1, Verdict::Exhausted)]);
+        assert_eq!((s.pending(), s.next_timer()), (0, None));
     }
 
     #[test]

@@ -126,21 +126,24 @@ pub fn parse_notifications(
         ));
     }
     for (i, n) in notifications.iter().enumerate() {
-        check_mailbox(&n.mailbox, &format!("notifications[{i}].mailbox"))?;
+        check_mailbox(
+            &n.mailbox,
+            &format!("notifications[{i}].mailbox"),
+            "invalid_notification",
+        )?;
     }
     Ok(notifications)
 }
 
-fn check_mailbox(mailbox: &str, field: &str) -> Result<(), ApiError> {
+/// `code` is the error code of the request kind (`invalid_notification`,
+/// `invalid_subscription`).
+fn check_mailbox(mailbox: &str, field: &str, code: &'static str) -> Result<(), ApiError> {
     if mailbox.trim().is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid_notification",
-            format!("{field} is empty"),
-        ));
+        return Err(ApiError::bad_request(code, format!("{field} is empty")));
     }
     if mailbox.len() > MAX_MAILBOX_LEN {
         return Err(ApiError::bad_request(
-            "invalid_notification",
+            code,
             format!("{field} is longer than {MAX_MAILBOX_LEN} bytes"),
         ));
     }
@@ -280,7 +283,7 @@ pub fn parse_subscription(
     let text = |name: &str| value.get(name).and_then(Value::as_str).map(str::trim);
     let mailbox = text("mailbox")
         .ok_or_else(|| ApiError::bad_request("invalid_subscription", "mailbox must be a string"))?;
-    check_mailbox(mailbox, "mailbox")?;
+    check_mailbox(mailbox, "mailbox", "invalid_subscription")?;
     let platform = match text("platform") {
         Some("apns") => Platform::Apns,
         Some("fcm") => Platform::Fcm,
@@ -479,6 +482,22 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(body)
             );
+        }
+    }
+
+    /// Found by the `ingress_subscriptions` fuzz target: a subscription with an empty or
+    /// overlong mailbox was refused with the notifications' code.
+    #[test]
+    fn a_subscription_mailbox_error_has_the_subscription_code() {
+        let long = format!(r#"{{"mailbox":"{}"}}"#, "a".repeat(MAX_MAILBOX_LEN + 1));
+        for body in [&br#"{"mailbox":" "}"#[..], long.as_bytes()] {
+            for action in [
+                SubscriptionAction::Subscribe,
+                SubscriptionAction::Unsubscribe,
+            ] {
+                let err = parse_subscription(body, action).expect_err("refused");
+                assert_eq!(err.code, "invalid_subscription");
+            }
         }
     }
 
