@@ -23,6 +23,7 @@ use pushrelay_auth_coalesce::request::{
 use pushrelay_fuzz::{Input, NOW_MS, record};
 use pushrelay_kafka::{dead_letter, murmur2_partition};
 use pushrelay_proto::Message;
+use pushrelay_proto::checks::valid_device_token;
 use pushrelay_proto::keys::{mailbox_key, platform_name, subscription_key};
 use pushrelay_proto::v1::{Subscription, SubscriptionAction};
 
@@ -124,18 +125,16 @@ fn subscription_change(raw: &pushrelay_kafka::Record) {
         subscription_key(&output.partition_key, change.platform, &change.device_token)
     );
     assert!(output.key.starts_with(&format!("{TENANT}/")));
-    // The fan-out stage splits the key back; device tokens with a '/' do not split back
-    // (see docs/testing.md, "Fuzzing").
-    if !change.device_token.contains('/') {
-        assert_eq!(
-            pushrelay_fanout::table::split_key(&output.key),
-            Some((
-                output.partition_key.as_str(),
-                platform,
-                change.device_token.as_str()
-            ))
-        );
-    }
+    // The fan-out stage splits the key back into mailbox, platform and device.
+    assert!(valid_device_token(&change.device_token));
+    assert_eq!(
+        pushrelay_fanout::table::split_key(&output.key),
+        Some((
+            output.partition_key.as_str(),
+            platform,
+            change.device_token.as_str()
+        ))
+    );
     if change.action == SubscriptionAction::Unsubscribe as i32 {
         assert!(output.value.is_none());
         assert_eq!(output.action, "unsubscribe");

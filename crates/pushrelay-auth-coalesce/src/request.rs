@@ -11,6 +11,7 @@ use pushrelay_proto::v1::{
     TenantFeedback, UnreadCount,
 };
 
+use pushrelay_proto::checks::{DEVICE_TOKEN_RULE, valid_device_token};
 pub use pushrelay_proto::checks::{MAX_DEVICE_TOKEN_LEN, MAX_MAILBOX_LEN};
 
 /// What a record's token speaks for: the fields feedback names.
@@ -184,10 +185,10 @@ pub fn decode_subscription_change(record: &Record) -> Result<SubscriptionChange,
     if change.mailbox.is_empty() || change.mailbox.len() > MAX_MAILBOX_LEN {
         return Err(Invalid::new("invalid_record", "empty or overlong mailbox"));
     }
-    if change.device_token.is_empty() || change.device_token.len() > MAX_DEVICE_TOKEN_LEN {
+    if !valid_device_token(&change.device_token) {
         return Err(Invalid::new(
             "invalid_record",
-            "empty or overlong device token",
+            format!("the device token is not {DEVICE_TOKEN_RULE}"),
         ));
     }
     if platform_name(change.platform).is_none() {

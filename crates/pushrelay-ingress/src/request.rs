@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::ApiError;
 
+use pushrelay_proto::checks::{DEVICE_TOKEN_RULE, valid_device_token};
 pub use pushrelay_proto::checks::{MAX_DEVICE_TOKEN_LEN, MAX_MAILBOX_LEN};
 
 /// How a body is encoded.
@@ -296,12 +297,10 @@ pub fn parse_subscription(
         }
     };
     let device_token = text("deviceToken").unwrap_or_default();
-    if device_token.is_empty() || device_token.len() > MAX_DEVICE_TOKEN_LEN {
+    if !valid_device_token(device_token) {
         return Err(ApiError::bad_request(
             "invalid_subscription",
-            format!(
-                "deviceToken must be a non-empty string of at most {MAX_DEVICE_TOKEN_LEN} bytes"
-            ),
+            format!("deviceToken must be {DEVICE_TOKEN_RULE}"),
         ));
     }
     let app_id = text("appId").unwrap_or_default();
@@ -499,6 +498,22 @@ mod tests {
                 assert_eq!(err.code, "invalid_subscription");
             }
         }
+    }
+
+    /// A `/` in a device token would split its subscription key in the wrong place: the
+    /// fan-out stage would file the device under another mailbox and never remove it.
+    #[test]
+    fn device_tokens_with_a_slash_or_space_are_refused() {
+        for token in ["ab/cd", "ab cd", "../x"] {
+            let body = format!(
+                r#"{{"mailbox":"a@fabrikam.com","platform":"apns","deviceToken":"{token}","appId":"com.example.mail"}}"#
+            );
+            let err = parse_subscription(body.as_bytes(), SubscriptionAction::Subscribe)
+                .expect_err("refused");
+            assert_eq!(err.code, "invalid_subscription", "{token}");
+        }
+        let body = br#"{"mailbox":"a@fabrikam.com","platform":"fcm","deviceToken":"cX1_b-Q:APA91bH","appId":"p"}"#;
+        assert!(parse_subscription(body, SubscriptionAction::Subscribe).is_ok());
     }
 
     #[test]

@@ -45,14 +45,27 @@ fn check_key(key: Option<&[u8]>, expected: &str) -> Result<(), String> {
     }
 }
 
+/// Whether `token` is a device token the relay accepts: 1 to [`MAX_DEVICE_TOKEN_LEN`]
+/// letters, digits and `-`, `_`, `.`, `:` (APNs tokens are hex; FCM registration tokens use
+/// letters, digits, `-`, `_` and `:`). Never `/`, which separates the parts of a
+/// subscription key: a token holding one would be filed under another key.
+pub fn valid_device_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= MAX_DEVICE_TOKEN_LEN
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// What [`valid_device_token`] requires, for error messages.
+pub const DEVICE_TOKEN_RULE: &str = "1 to 4096 letters, digits, '-', '_', '.' or ':'";
+
 fn check_device(platform: i32, device_token: &str) -> Result<(), String> {
     if platform_name(platform).is_none() {
         return Err(format!("unknown platform {platform}"));
     }
-    if device_token.is_empty() || device_token.len() > MAX_DEVICE_TOKEN_LEN {
-        return Err(format!(
-            "device token is empty or longer than {MAX_DEVICE_TOKEN_LEN} bytes"
-        ));
+    if !valid_device_token(device_token) {
+        return Err(format!("the device token is not {DEVICE_TOKEN_RULE}"));
     }
     Ok(())
 }
@@ -157,6 +170,17 @@ mod tests {
         assert!(
             check_subscription(Some(b"fabrikam.com/alice@fabrikam.com/apns/"), &no_device).is_err()
         );
+    }
+
+    #[test]
+    fn device_tokens_are_hex_or_fcm_like_and_never_hold_a_slash() {
+        assert!(valid_device_token(&"ab12".repeat(16)));
+        assert!(valid_device_token("cX1_b-Q:APA91bH.x"));
+        for bad in ["", "a/b", "a b", "a\nb", "é", "a%2Fb"] {
+            assert!(!valid_device_token(bad), "{bad:?}");
+        }
+        assert!(!valid_device_token(&"a".repeat(MAX_DEVICE_TOKEN_LEN + 1)));
+        assert!(DEVICE_TOKEN_RULE.contains(&MAX_DEVICE_TOKEN_LEN.to_string()));
     }
 
     #[test]
