@@ -1,4 +1,5 @@
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -135,12 +136,15 @@ pub fn parse_jwks(document: &[u8]) -> Result<Vec<KeyCredential>, String> {
 
 /// Fetches and caches tenants' JWKS metadata: one fetch at a time per URL (callers
 /// wait for it and share its result), a refetch on an unknown key at most once per
-/// cooldown, and the last good keys served while the endpoint fails.
+/// cooldown, keys past their refresh interval served while they are refreshed in the
+/// background, and the last good keys served while the endpoint fails.
 #[derive(Clone)]
 pub struct JwksFetcher {
     client: reqwest::Client,
     sets: Cache<String, Arc<KeySet>>,
     config: JwksConfig,
+    /// URLs being refreshed in the background.
+    refreshing: Arc<Mutex<HashSet<String>>>,
 }
 
 impl std::fmt::Debug for JwksFetcher {
@@ -163,6 +167,7 @@ impl JwksFetcher {
             client,
             sets: Cache::builder().max_capacity(10_000).build(),
             config,
+            refreshing: Arc::default(),
         }
     }
 
@@ -184,11 +189,62 @@ impl JwksFetcher {
                 .is_none_or(|at| asked_at.saturating_duration_since(at) >= config.refresh);
             cooled && (old || !set.names(x5t, kid))
         };
-        if let Some(set) = self.sets.get(url).await
-            && !due(&set)
-        {
-            return usable(set);
+        if let Some(set) = self.sets.get(url).await {
+            if !due(&set) {
+                return usable(set);
+            }
+            // Only old, and it holds the key the token names: answer with it now and
+            // refresh in the background, so callers (the stage's record loop) do not wait
+            // on the endpoint. A key the set does not hold still waits for the fetch.
+            if set.fetched_at.is_some() && set.names(x5t, kid) {
+                self.refresh_in_background(url, asked_at);
+                return usable(set);
+            }
         }
+        self.fetch_shared(url, asked_at, due).await
+    }
+
+    /// Starts one background refresh of `url` unless one is running (and a runtime is).
+    fn refresh_in_background(&self, url: &str, asked_at: Instant) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        {
+            let mut refreshing = self
+                .refreshing
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if !refreshing.insert(url.to_owned()) {
+                return;
+            }
+        }
+        let this = self.clone();
+        let url = url.to_owned();
+        runtime.spawn(async move {
+            let config = this.config.clone();
+            let due = |set: &KeySet| {
+                asked_at.saturating_duration_since(set.attempted_at) >= config.cooldown
+                    && set
+                        .fetched_at
+                        .is_none_or(|at| asked_at.saturating_duration_since(at) >= config.refresh)
+            };
+            let _ = this.fetch_shared(&url, asked_at, due).await;
+            this.refreshing
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .remove(&url);
+        });
+    }
+
+    /// Fetches `url` unless another caller did since `asked_at` or it is no longer `due`;
+    /// one fetch at a time per URL, later callers share its result.
+    async fn fetch_shared(
+        &self,
+        url: &str,
+        asked_at: Instant,
+        due: impl Fn(&KeySet) -> bool,
+    ) -> Result<Arc<KeySet>, String> {
+        let due = &due;
         let result = self
             .sets
             .entry_by_ref(url)
