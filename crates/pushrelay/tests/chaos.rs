@@ -982,6 +982,12 @@ async fn dead_lettered(kafka: &KafkaArgs, expected: &[Poisoned]) -> HashSet<Pois
     }
 }
 
+/// A chaos scenario on the shared broker (or a mock cluster without one).
+async fn on_shared_broker(name: &str, faults: Vec<(f64, Fault)>) {
+    let (brokers, mock) = shared_broker();
+    scenario(name, &brokers, mock.as_ref(), None, faults, Load::chaos()).await;
+}
+
 /// The shared broker of `scripts/test`, or a mock cluster without it.
 fn shared_broker() -> (String, Option<TestBroker>) {
     match TestBroker::real() {
@@ -1008,16 +1014,7 @@ async fn random_sigkills_of_every_stage_lose_nothing_and_never_go_back() {
             faults.push((at, Fault::Kill(stage, pause)));
         }
     }
-    let (brokers, mock) = shared_broker();
-    scenario(
-        "kills",
-        &brokers,
-        mock.as_ref(),
-        None,
-        faults,
-        Load::chaos(),
-    )
-    .await;
+    on_shared_broker("kills", faults).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1029,16 +1026,7 @@ async fn every_stage_scaled_one_to_three_to_one_loses_nothing() {
         faults.push((0.15, Fault::Scale(stage, 3)));
         faults.push((0.6, Fault::Scale(stage, 1)));
     }
-    let (brokers, mock) = shared_broker();
-    scenario(
-        "scaling",
-        &brokers,
-        mock.as_ref(),
-        None,
-        faults,
-        Load::chaos(),
-    )
-    .await;
+    on_shared_broker("scaling", faults).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1094,17 +1082,7 @@ async fn coordinators_and_leaders_moving_between_brokers_lose_nothing() {
 async fn poison_on_every_input_topic_is_dead_lettered_and_traffic_keeps_moving() {
     let _serial = SERIAL.lock().await;
     pushrelay_testkit::init_test_logging();
-    let (brokers, mock) = shared_broker();
-    let faults = vec![(0.2, Fault::Poison), (0.6, Fault::Poison)];
-    scenario(
-        "poison",
-        &brokers,
-        mock.as_ref(),
-        None,
-        faults,
-        Load::chaos(),
-    )
-    .await;
+    on_shared_broker("poison", vec![(0.2, Fault::Poison), (0.6, Fault::Poison)]).await;
 }
 
 /// The long run (`scripts/test --long`, or `PUSHRELAY_SOAK_SECS=600 cargo test -p pushrelay
