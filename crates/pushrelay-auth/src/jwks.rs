@@ -83,10 +83,14 @@ pub fn parse_jwks(document: &[u8]) -> Result<Vec<KeyCredential>, String> {
     let set: JwkSet =
         serde_json::from_slice(document).map_err(|err| format!("not a JWKS document: {err}"))?;
     let mut keys = Vec::new();
-    for jwk in set.keys {
+    for mut jwk in set.keys {
         if jwk.usage.as_deref().is_some_and(|u| u != "sig") {
             continue;
         }
+        // An empty `kid` or `x5t` names nothing: a key with only that could never be
+        // chosen (found by the `jwks` fuzz target).
+        jwk.kid = jwk.kid.filter(|kid| !kid.is_empty());
+        jwk.x5t = jwk.x5t.filter(|x5t| !x5t.is_empty());
         if let Some(cert) = jwk.x5c.first() {
             let Ok(der) = STANDARD.decode(cert) else {
                 continue;

@@ -568,6 +568,21 @@ fn jwks_documents_are_parsed_and_weak_keys_skipped() {
 }
 
 #[test]
+fn jwks_keys_named_by_an_empty_kid_or_x5t_are_skipped() {
+    let n = URL_SAFE_NO_PAD.encode([0xffu8; 256]);
+    let doc = json!({"keys": [
+        {"kty": "RSA", "kid": "", "n": n, "e": "AQAB"},
+        {"kty": "RSA", "x5t": "", "n": n, "e": "AQAB"},
+        {"kty": "RSA", "kid": "", "x5t": "", "n": n, "e": "AQAB"},
+        {"kty": "RSA", "kid": "named", "x5t": "", "n": n, "e": "AQAB"},
+    ]});
+    let keys = parse_jwks(doc.to_string().as_bytes()).expect("parses");
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].identity(), "named");
+    assert_eq!(keys[0].thumbprint, None);
+}
+
+#[test]
 fn pem_certificates_are_read() {
     let f = fabrikam();
     let pem = format!(
