@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use common::{PARTITIONS, RunningStage, round_of_changes, settled_counts, stage_args};
 use pushrelay_kafka::KafkaArgs;
-use pushrelay_proto::Message;
 use pushrelay_testkit::nisshi::OwnNisshi;
-use pushrelay_testkit::{TestTenant, all_topic_specs, produce, produce_many, producer};
+use pushrelay_testkit::{TestTenant, all_topic_specs, produce_many, producer, register_tenant};
 use tokio::time::Instant;
 
 const MAILBOXES: usize = 100;
@@ -46,14 +45,7 @@ async fn a_broker_restart_mid_stream_loses_no_count_and_needs_no_stage_restart()
     let topics = kafka.topics();
     let tenant = TestTenant::generate("fabrikam.com");
     let producer = producer(&kafka);
-    produce(
-        &producer,
-        &topics.tenants,
-        tenant.id.as_bytes(),
-        None,
-        Some(&tenant.record().encode_to_vec()),
-    )
-    .await;
+    register_tenant(&producer, &kafka, &tenant).await;
     let stage = RunningStage::start(stage_args(&kafka)).await;
     let token = tenant.token();
     let mut expected: HashMap<String, u32> = HashMap::new();

@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use common::{PARTITIONS, round_of_changes, settled_counts};
 use pushrelay_kafka::KafkaArgs;
-use pushrelay_proto::Message;
 use pushrelay_testkit::{
-    StageProcess, TestBroker, TestTenant, produce, produce_many, producer, wait_for_records,
+    StageProcess, TestBroker, TestTenant, produce_many, producer, register_tenant, wait_for_records,
 };
 
 const MAILBOXES: usize = 200;
@@ -47,14 +46,7 @@ async fn scenario(broker: &TestBroker, tenant: &TestTenant) {
     let topics = kafka.topics();
     broker.create_all_topics(&kafka).await;
     let producer = producer(&kafka);
-    produce(
-        &producer,
-        &topics.tenants,
-        tenant.id.as_bytes(),
-        None,
-        Some(&tenant.record().encode_to_vec()),
-    )
-    .await;
+    register_tenant(&producer, &kafka, tenant).await;
     let mut first = spawn_stage(&kafka, "first");
     let token = tenant.token();
     let mut expected: HashMap<String, u32> = HashMap::new();

@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use common::{PARTITIONS, RunningStage, round_of_changes, settled_counts, stage_args};
 use pushrelay_kafka::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use pushrelay_proto::Message;
-use pushrelay_testkit::{TestBroker, TestTenant, produce, produce_many, producer};
+use pushrelay_testkit::{TestBroker, TestTenant, produce_many, producer, register_tenant};
 
 const MAILBOXES: usize = 100;
 
@@ -25,14 +24,7 @@ async fn kafka_faults_lose_no_count_and_need_no_restart() {
     broker.create_all_topics(&kafka).await;
     let tenant = TestTenant::generate("fabrikam.com");
     let producer = producer(&kafka);
-    produce(
-        &producer,
-        &topics.tenants,
-        tenant.id.as_bytes(),
-        None,
-        Some(&tenant.record().encode_to_vec()),
-    )
-    .await;
+    register_tenant(&producer, &kafka, &tenant).await;
     let stage = RunningStage::start(stage_args(&kafka)).await;
     let token = tenant.token();
     let mut expected: HashMap<String, u32> = HashMap::new();

@@ -268,6 +268,20 @@ pub async fn produce(
         .expect("test record acknowledged");
 }
 
+/// Writes `tenant`'s registry record (enabled, its certificate as the key) to the tenants
+/// topic and waits for the ack.
+pub async fn register_tenant(producer: &FutureProducer, args: &KafkaArgs, tenant: &TestTenant) {
+    use pushrelay_proto::Message;
+    produce(
+        producer,
+        &args.topics().tenants,
+        tenant.id.as_bytes(),
+        None,
+        Some(&tenant.record().encode_to_vec()),
+    )
+    .await;
+}
+
 /// Waits for every queued record of `producer`.
 pub fn flush(producer: &FutureProducer) {
     producer.flush(Duration::from_secs(30)).expect("flush");
