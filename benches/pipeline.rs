@@ -10,13 +10,16 @@
 //! 1. **Peak, reused tokens.** `PUSHRELAY_LOAD_RECORDS` changes (default 200,000) from
 //!    `PUSHRELAY_LOAD_TENANTS` tenants (2) over `PUSHRELAY_LOAD_MAILBOXES` mailboxes (20,000),
 //!    in bursts of `PUSHRELAY_LOAD_BURST` changes per mailbox (4), one token per tenant reused
-//!    as mail servers do, are produced as a backlog. The passthrough, then auth-coalesce, then
-//!    fan-out (one subscribed device per mailbox) consume it; each one's rate is taken between
-//!    10% and 90% of its input committed (start-up excluded), with its CPU seconds over the same
-//!    span (from `/proc`) and its peak RSS (`VmHWM`).
-//! 2. **Peak, a fresh token per change.** `PUSHRELAY_LOAD_FRESH` changes (10,000), each with its
-//!    own token, through auth-coalesce; compared with the raw RS256-2048 verify rate of one core
-//!    measured in this process.
+//!    as mail servers do, are produced as a backlog, in each of `PUSHRELAY_LOAD_ROUNDS` rounds
+//!    (3) once for the passthrough and once for auth-coalesce, each on its own topics and
+//!    drained right after it is written (which of the two goes first alternates). Each one's
+//!    rate is taken between 10% and 90% of its input (start-up excluded), with its CPU seconds
+//!    over the same span (from `/proc`) and its peak RSS (`VmHWM`); every round's ratio is
+//!    printed, and the median. The fan-out (one subscribed device per mailbox) then drains
+//!    the counts of the first round.
+//! 2. **Peak, a fresh token per change.** `PUSHRELAY_LOAD_FRESH` changes (20,000), each with its
+//!    own token, through auth-coalesce, in each round; compared with the raw RS256-2048 verify
+//!    rate of one core measured in this process just before.
 //! 3. **Offered load.** With auth-coalesce and fan-out running, changes are produced at each
 //!    rate of `PUSHRELAY_LOAD_RATES` (default `5000,10000,20000,30000,40000` per second) for
 //!    `PUSHRELAY_LOAD_SECONDS` (8) each; the latency ingress→push request is the push record's
@@ -134,6 +137,7 @@ async fn measure(
         ],
     );
     let pid = process.pid();
+    eprintln!("measuring {name} on {topic} ({total} records)");
     let (mut low, mut high) = (None, None);
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
@@ -165,6 +169,7 @@ async fn measure(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    eprintln!("  {name}: {} of {total} handled", scrape(port, metric));
     let (Some((t0, d0, c0)), Some((t1, d1, c1))) = (low, high) else {
         panic!("{name} did not get through its input");
     };
@@ -239,6 +244,40 @@ async fn end_offsets(kafka: &KafkaArgs, topic: &str) -> i64 {
     .sum()
 }
 
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// The harness's topics under `{prefix}{suffix}`, created, with the tenants registered.
+async fn on_topics(
+    broker: &TestBroker,
+    producer: &FutureProducer,
+    kafka: &KafkaArgs,
+    suffix: &str,
+    tenants: &[TestTenant],
+) -> KafkaArgs {
+    let mut args = kafka.clone();
+    args.topic_prefix = format!("{}{suffix}", kafka.topic_prefix);
+    broker.create_all_topics(&args).await;
+    let topics = args.topics();
+    for tenant in tenants {
+        produce(
+            producer,
+            &topics.tenants,
+            tenant.id.as_bytes(),
+            None,
+            Some(&tenant.record().encode_to_vec()),
+        )
+        .await;
+    }
+    args
+}
+
 fn percentile(sorted: &[i64], p: f64) -> i64 {
     if sorted.is_empty() {
         return 0;
@@ -297,7 +336,8 @@ fn main() {
     let tenants_n = env_or("PUSHRELAY_LOAD_TENANTS", 2);
     let mailboxes = env_or("PUSHRELAY_LOAD_MAILBOXES", 20_000);
     let burst = env_or("PUSHRELAY_LOAD_BURST", 4).max(1);
-    let fresh = env_or("PUSHRELAY_LOAD_FRESH", 10_000);
+    let fresh = env_or("PUSHRELAY_LOAD_FRESH", 20_000);
+    let repeat = env_or("PUSHRELAY_LOAD_ROUNDS", 3).max(1);
     let seconds = env_or("PUSHRELAY_LOAD_SECONDS", 8);
     let rates: Vec<usize> = std::env::var("PUSHRELAY_LOAD_RATES")
         .unwrap_or_else(|_| "5000,10000,20000,30000,40000".into())
@@ -361,22 +401,62 @@ fn main() {
         };
         let backlog: Vec<TestRecord> = (0..records).map(|i| make(i, 0)).collect();
         let size = backlog.first().and_then(|r| r.value.as_ref()).map_or(0, Vec::len);
-        produce_records(&producer, &topics.mailbox_changes, &backlog).await;
-        drop(backlog);
-        println!("pipeline on the {} broker: {records} changes of {size} B, {tenants_n} tenants, {mailboxes} mailboxes, bursts of {burst}, {PARTITIONS} partitions", broker.kind);
-
+        println!("pipeline on the {} broker: {records} changes of {size} B, {tenants_n} tenants, {mailboxes} mailboxes, bursts of {burst}, {PARTITIONS} partitions, {repeat} rounds", broker.kind);
+        // Each round gives the passthrough and auth-coalesce the same backlog, each on its
+        // own topics written just before it starts, one after the other (the order
+        // alternates between rounds); the ratio of each round is reported, and the median.
         let prefix = kafka.topic_prefix.clone();
-        let (passthrough, process) = measure("passthrough", &passthrough_bin, &kafka, (&format!("{prefix}passthrough"), &topics.mailbox_changes), "pushrelay_passthrough_records_total", records as i64).await;
-        drop(process);
-        let (auth, auth_process) = measure("auth-coalesce", &auth_bin, &kafka, (&format!("{prefix}auth"), &topics.mailbox_changes), "pushrelay_auth_coalesce_records_total", records as i64).await;
-        // Counts the stage wrote for the backlog: the fan-out's input.
+        let mut rounds: Vec<(Run, Run)> = Vec::new();
+        for round in 0..repeat {
+            let auth_kafka = if round == 0 {
+                kafka.clone()
+            } else {
+                on_topics(&broker, &producer, &kafka, &format!("r{round}."), &tenants).await
+            };
+            let pt_kafka = on_topics(&broker, &producer, &kafka, &format!("r{round}.pt."), &tenants).await;
+            let mut passthrough = None;
+            let mut auth = None;
+            for first in [round % 2 == 0, round % 2 == 1] {
+                if first {
+                    let topic = pt_kafka.topics().mailbox_changes;
+                    produce_records(&producer, &topic, &backlog).await;
+                    let (run, process) = measure("passthrough", &passthrough_bin, &pt_kafka, (&format!("{prefix}passthrough{round}"), &topic), "pushrelay_passthrough_records_total", records as i64).await;
+                    drop(process);
+                    passthrough = Some(run);
+                } else {
+                    let topic = auth_kafka.topics().mailbox_changes;
+                    produce_records(&producer, &topic, &backlog).await;
+                    let (run, process) = measure("auth-coalesce", &auth_bin, &auth_kafka, (&format!("{}auth", auth_kafka.topic_prefix), &topic), "pushrelay_auth_coalesce_records_total", records as i64).await;
+                    drop(process);
+                    auth = Some(run);
+                }
+            }
+            if let (Some(passthrough), Some(auth)) = (passthrough, auth) {
+                println!("round {round}: passthrough {:.0}/s, auth-coalesce {:.0}/s => {:.2}×", passthrough.rate, auth.rate, auth.rate / passthrough.rate);
+                rounds.push((passthrough, auth));
+            }
+        }
+        drop(backlog);
+        let ratio = median(rounds.iter().map(|(p, a)| a.rate / p.rate).collect());
+        let (passthrough, auth) = rounds
+            .iter()
+            .min_by(|x, y| (x.1.rate / x.0.rate - ratio).abs().total_cmp(&(y.1.rate / y.0.rate - ratio).abs()))
+            .cloned()
+            .expect("at least one round");
+        // The fan-out drains the counts the first round's auth-coalesce wrote.
         let counts = end_offsets(&kafka, &topics.unread_counts).await;
+        let auth_process = StageProcess::spawn(auth_bin.to_str().unwrap_or_default(), &kafka, &[
+            ("PUSHRELAY_GROUP", format!("{prefix}auth")),
+            ("PUSHRELAY_LOG", "warn".to_owned()),
+            ("PUSHRELAY_ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
+        ]);
         let (fanout, fanout_process) = measure("fanout", &fanout_bin, &kafka, (&format!("{prefix}fanout"), &topics.unread_counts), "pushrelay_fanout_counts_total", counts).await;
         let pushes = end_offsets(&kafka, &topics.push_requests).await;
         let counts_per_s = auth.rate * counts as f64 / records as f64;
         let pushes_per_s = fanout.rate * pushes as f64 / counts.max(1) as f64;
         let runs = [passthrough.clone(), auth.clone(), fanout.clone()];
-        println!("\n| consumer | input records | records/s | × passthrough | CPU s per 1M records | peak RSS MiB |");
+        println!("\nThe round nearest the median ratio ({ratio:.2}×):\n");
+        println!("| consumer | input records | records/s | × passthrough | CPU s per 1M records | peak RSS MiB |");
         println!("|---|---|---|---|---|---|");
         for run in &runs {
             println!(
@@ -389,29 +469,38 @@ fn main() {
             "\nauth-coalesce emitted {counts} unread counts ({counts_per_s:.0}/s while draining); the fan-out made {pushes} push requests ({pushes_per_s:.0}/s; its catch-up folds a backlog to the latest count per mailbox)"
         );
 
-        // 2. A fresh token per change.
-        let verify_rate = raw_verify_rate(&tenants[0]);
-        let fresh_topic_prefix = format!("{prefix}fresh.");
-        let mut fresh_kafka = kafka.clone();
-        fresh_kafka.topic_prefix = fresh_topic_prefix;
-        broker.create_all_topics(&fresh_kafka).await;
-        let fresh_topics = fresh_kafka.topics();
-        for tenant in &tenants {
-            produce(&producer, &fresh_topics.tenants, tenant.id.as_bytes(), None, Some(&tenant.record().encode_to_vec())).await;
+        // 2. A fresh token per change, against one core's raw RS256 verify rate measured
+        // just before, in each round.
+        let mut fresh_rounds = Vec::new();
+        for round in 0..repeat {
+            let fresh_kafka = on_topics(&broker, &producer, &kafka, &format!("fresh{round}."), &tenants).await;
+            let fresh_topics = fresh_kafka.topics();
+            let minted: Vec<TestRecord> = (0..fresh)
+                .map(|i| {
+                    let tenant = &tenants[i % tenants_n];
+                    let mut claims = tenant.claims();
+                    claims["jti"] = json!(format!("{round}-{i}"));
+                    change(tenant, &tenant.token_with(&claims), i % mailboxes, (i % 97) as u32, i as u64 + 1)
+                })
+                .collect();
+            produce_records(&producer, &fresh_topics.mailbox_changes, &minted).await;
+            let verify_rate = raw_verify_rate(&tenants[0]);
+            let (run, process) = measure("auth-coalesce (fresh tokens)", &auth_bin, &fresh_kafka, (&format!("{}auth", fresh_kafka.topic_prefix), &fresh_topics.mailbox_changes), "pushrelay_auth_coalesce_records_total", fresh as i64).await;
+            drop(process);
+            println!(
+                "fresh tokens, round {round}: {:.0} changes/s ({:.1} CPU s per 1M); raw RS256-2048 verify on one core: {verify_rate:.0}/s => {:.2}×",
+                run.rate, run.cpu_per_million, run.rate / verify_rate
+            );
+            fresh_rounds.push((run, verify_rate));
         }
-        let minted: Vec<TestRecord> = (0..fresh)
-            .map(|i| {
-                let tenant = &tenants[i % tenants_n];
-                let mut claims = tenant.claims();
-                claims["jti"] = json!(i);
-                change(tenant, &tenant.token_with(&claims), i % mailboxes, (i % 97) as u32, i as u64 + 1)
-            })
-            .collect();
-        produce_records(&producer, &fresh_topics.mailbox_changes, &minted).await;
-        let (fresh_run, process) = measure("auth-coalesce (fresh tokens)", &auth_bin, &fresh_kafka, (&format!("{prefix}fresh.auth"), &fresh_topics.mailbox_changes), "pushrelay_auth_coalesce_records_total", fresh as i64).await;
-        drop(process);
+        let fresh_ratio = median(fresh_rounds.iter().map(|(run, verify)| run.rate / verify).collect());
+        let (fresh_run, verify_rate) = fresh_rounds
+            .iter()
+            .min_by(|x, y| (x.0.rate / x.1 - fresh_ratio).abs().total_cmp(&(y.0.rate / y.1 - fresh_ratio).abs()))
+            .cloned()
+            .expect("at least one round");
         println!(
-            "\nfresh token per change: {:.0} changes/s; raw RS256-2048 verify on one core: {:.0}/s => {:.2}×",
+            "\nfresh token per change (median round): {:.0} changes/s; raw RS256-2048 verify on one core: {:.0}/s => {:.2}×",
             fresh_run.rate, verify_rate, fresh_run.rate / verify_rate
         );
 
@@ -456,7 +545,11 @@ fn main() {
             "peak": by_name,
             "unread_counts": counts, "unread_counts_per_s": counts_per_s,
             "push_requests": pushes, "push_requests_per_s": pushes_per_s,
-            "fresh_tokens": {"records": fresh, "rate": fresh_run.rate, "raw_verify_per_core": verify_rate, "ratio": fresh_run.rate / verify_rate, "cpu_s_per_million": fresh_run.cpu_per_million},
+            "rounds": rounds.iter().map(|(p, a)| json!({"passthrough": p.rate, "auth_coalesce": a.rate, "ratio": a.rate / p.rate})).collect::<Vec<_>>(),
+            "median_ratio": ratio,
+            "fresh_tokens": {"records": fresh, "rate": fresh_run.rate, "raw_verify_per_core": verify_rate, "ratio": fresh_run.rate / verify_rate, "cpu_s_per_million": fresh_run.cpu_per_million,
+                "rounds": fresh_rounds.iter().map(|(run, verify)| json!({"rate": run.rate, "raw_verify_per_core": verify, "ratio": run.rate / verify})).collect::<Vec<_>>(),
+                "median_ratio": fresh_ratio},
             "sweep": sweep,
         });
         let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pipeline.json");

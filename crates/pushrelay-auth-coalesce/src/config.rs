@@ -99,6 +99,12 @@ pub struct StageArgs {
     #[arg(long, env = "PUSHRELAY_EVENT_BUFFER", default_value_t = 4096)]
     pub event_buffer: usize,
 
+    /// Input records that may queue behind token checks in progress. A token the cache
+    /// does not vouch for is checked on the runtime's worker threads, several at once;
+    /// results are applied in input order, so at most this many records wait for them.
+    #[arg(long, env = "PUSHRELAY_VERIFY_WINDOW", default_value_t = 1024)]
+    pub verify_window: usize,
+
     /// On revoke and shutdown, how long to wait for in-flight outputs, seconds. Keep it
     /// below the consumer's session timeout.
     #[arg(long, env = "PUSHRELAY_DRAIN_TIMEOUT_SECS", default_value_t = 5)]
@@ -129,6 +135,7 @@ impl StageArgs {
             max_tracked_mailboxes: 2_000_000,
             subscription_lifetime_days: 30,
             event_buffer: 4096,
+            verify_window: 1024,
             drain_timeout_secs: 5,
             restore_timeout_secs: 120,
         }

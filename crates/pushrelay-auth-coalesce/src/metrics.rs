@@ -38,3 +38,21 @@ pub(crate) fn describe() {
     metrics::describe_counter!(TENANT_RECORDS, "Tenant registry records, by result");
     metrics::describe_gauge!(TENANTS, "Tenants in the registry");
 }
+
+/// The per-record counters of the coalescer's answers, registered once: the hot path
+/// increments them without a registry lookup.
+pub(crate) struct OfferCounters {
+    pub(crate) pending: metrics::Counter,
+    pub(crate) merged: metrics::Counter,
+    pub(crate) stale: metrics::Counter,
+}
+
+impl OfferCounters {
+    pub(crate) fn new() -> Self {
+        Self {
+            pending: metrics::counter!(RECORDS, "outcome" => "pending"),
+            merged: metrics::counter!(RECORDS, "outcome" => "merged"),
+            stale: metrics::counter!(RECORDS, "outcome" => "stale"),
+        }
+    }
+}

@@ -3,7 +3,7 @@
 
 use pushrelay_auth::{MAX_TOKEN_BYTES, Rejection};
 use pushrelay_coalesce::{Change, Emission, mailbox_key};
-use pushrelay_kafka::{Record, murmur2_partition};
+use pushrelay_kafka::{RecordRef, murmur2_partition};
 use pushrelay_proto::Message;
 use pushrelay_proto::keys::subscription_key;
 use pushrelay_proto::v1::{
@@ -44,8 +44,8 @@ impl Invalid {
 }
 
 /// Decodes a `MailboxChange` and checks what can be checked without the token.
-pub fn decode_change(record: &Record) -> Result<MailboxChange, Invalid> {
-    let Some(payload) = record.payload.as_deref() else {
+pub fn decode_change<'a>(record: impl Into<RecordRef<'a>>) -> Result<MailboxChange, Invalid> {
+    let Some(payload) = record.into().payload else {
         return Err(Invalid::new("undecodable", "empty (tombstone) value"));
     };
     let change = MailboxChange::decode(payload)
@@ -85,15 +85,21 @@ fn check_token_size(token: &str) -> Result<(), Invalid> {
 /// `{tenant}/{mailbox}` for the token's tenant, and the record sits in the partition the
 /// murmur2 partitioner gives that key. Otherwise it is refused: a tenant cannot write
 /// under another tenant's keys, and a misrouted record would escape the mailbox's fence.
-pub fn check_placement(
-    record: &Record,
+pub fn check_placement<'a>(
+    record: impl Into<RecordRef<'a>>,
     tenant: &str,
     mailbox: &str,
     partitions: usize,
 ) -> Result<(), Invalid> {
-    let expected = mailbox_key(tenant, mailbox);
-    let key = record.key.as_deref().unwrap_or_default();
-    if key != expected.as_bytes() {
+    let record = record.into();
+    let key = record.key.unwrap_or_default();
+    // The key is `{tenant}/{mailbox}`: compared piecewise, without building it.
+    let matches = key.len() == tenant.len() + 1 + mailbox.len()
+        && key.starts_with(tenant.as_bytes())
+        && key[tenant.len()] == b'/'
+        && key.ends_with(mailbox.as_bytes());
+    if !matches {
+        let expected = mailbox_key(tenant, mailbox);
         return Err(Invalid::new(
             "key_tenant_mismatch",
             format!(
@@ -117,7 +123,12 @@ pub fn check_placement(
 }
 
 /// The coalescer's view of an accepted change.
-pub fn to_change(record: &Record, tenant: &str, change: MailboxChange) -> Change {
+pub fn to_change<'a>(
+    record: impl Into<RecordRef<'a>>,
+    tenant: &str,
+    change: MailboxChange,
+) -> Change {
+    let record = record.into();
     Change {
         tenant: tenant.to_owned(),
         mailbox: change.mailbox,
@@ -176,8 +187,10 @@ pub fn placement_feedback(
 }
 
 /// Decodes a `SubscriptionChange` and checks what can be checked without the token.
-pub fn decode_subscription_change(record: &Record) -> Result<SubscriptionChange, Invalid> {
-    let Some(payload) = record.payload.as_deref() else {
+pub fn decode_subscription_change<'a>(
+    record: impl Into<RecordRef<'a>>,
+) -> Result<SubscriptionChange, Invalid> {
+    let Some(payload) = record.into().payload else {
         return Err(Invalid::new("undecodable", "empty (tombstone) value"));
     };
     let change = SubscriptionChange::decode(payload)
@@ -294,6 +307,7 @@ pub fn unread_count(emission: &Emission, now_ms: i64) -> UnreadCount {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pushrelay_kafka::Record;
     use pushrelay_proto::v1::Platform;
     use std::sync::Arc;
 

@@ -1,20 +1,21 @@
 //! The stage's event loop: Kafka events in, acknowledged outputs out.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pushrelay_auth::{Authenticator, TenantRegistry};
-use pushrelay_coalesce::{Coalescer, Flush, Offer};
+use pushrelay_auth::{Authenticated, Authenticator, RecentTokens, Rejection, TenantRegistry};
+use pushrelay_coalesce::{Change, Coalescer, Flush, Offer};
 use pushrelay_kafka::{
-    Ack, AckProducer, GroupConsumer, KafkaEvent, OffsetTracker, Record, RevokeAck, TopicPartition,
-    TopicSpec, Topics, dead_letter, ensure_topics, murmur2_partition, now_ms, partition_count,
-    read_to_end, verify_copartitioned,
+    Ack, AckProducer, EventReceiver, GroupConsumer, KafkaEvent, OffsetTracker, Record, RecordRef,
+    RevokeAck, TopicPartition, TopicSpec, Topics, dead_letter, ensure_topics, murmur2_partition,
+    now_ms, partition_count, read_to_end, verify_copartitioned,
 };
 use pushrelay_proto::Message;
-use pushrelay_proto::v1::UnreadCount;
+use pushrelay_proto::v1::{MailboxChange, SubscriptionChange, UnreadCount};
 use pushrelay_telemetry::{Health, ReadyFlag};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +53,9 @@ pub enum StageError {
     /// The consumer's event channel closed unexpectedly.
     #[error("the Kafka consumer stopped")]
     ConsumerStopped,
+    /// A token check was cancelled: the runtime is shutting down.
+    #[error("a token check was cancelled (runtime shutting down)")]
+    CheckCancelled,
 }
 
 /// Which input topic a record came from.
@@ -152,16 +156,26 @@ pub async fn run(
             return Ok(());
         }
         let (producer, acks) = AckProducer::new(kafka)?;
-        let (consumer, events) = GroupConsumer::start(
+        let authenticator = Arc::new(Authenticator::new(registry, args.auth_config()));
+        let mut preparer = Preparer {
+            authenticator: Arc::clone(&authenticator),
+            recent: RecentTokens::new(RECENT_TOKENS),
+            mailbox_changes: topics.mailbox_changes.clone(),
+            partitions,
+        };
+        let (consumer, events) = GroupConsumer::start_with(
             kafka,
             &args.group,
             &[&topics.mailbox_changes, &topics.subscription_changes],
             args.event_buffer,
             Duration::from_secs(args.drain_timeout_secs + 5),
+            move |record| preparer.prepare(record),
         )?;
         partitions_ready.set(true);
         let mut stage = Stage {
-            authenticator: Authenticator::new(registry, args.auth_config()),
+            authenticator,
+            admissions: VecDeque::new(),
+            counters: metrics::OfferCounters::new(),
             coalescer: Coalescer::new(args.coalesce_config()),
             changes_offsets: OffsetTracker::new(),
             subscription_offsets: OffsetTracker::new(),
@@ -205,18 +219,118 @@ async fn wait_for_tenants(
     Ok(())
 }
 
+/// What the poll thread makes of an input record.
+enum Prepared {
+    /// A mailbox change whose token the cache vouched for, keyed and placed as its
+    /// tenant's: ready for the coalescer.
+    Admitted(Change),
+    /// Anything else (a subscription change, a token to check, a record to refuse): the
+    /// stage's loop takes it from the start.
+    Raw(Record),
+}
+
+/// The hot path, run on the Kafka poll thread beside the stage's loop: decode a mailbox
+/// change straight from librdkafka's buffer and admit it when the token cache knows its
+/// token. It decides nothing the loop would decide differently: whatever it does not
+/// admit is copied and handled by the loop as before.
+struct Preparer {
+    authenticator: Arc<Authenticator>,
+    recent: RecentTokens,
+    mailbox_changes: String,
+    partitions: usize,
+}
+
+impl Preparer {
+    fn prepare(&mut self, record: RecordRef<'_>) -> Prepared {
+        if **record.topic == *self.mailbox_changes
+            && let Ok(change) = decode_change(record)
+            && let Some(authenticated) =
+                self.authenticator
+                    .authenticate_recent(&mut self.recent, &change.token, now_ms())
+            && check_placement(
+                record,
+                &authenticated.tenant,
+                &change.mailbox,
+                self.partitions,
+            )
+            .is_ok()
+        {
+            return Prepared::Admitted(to_change(record, &authenticated.tenant, change));
+        }
+        Prepared::Raw(record.to_record())
+    }
+}
+
+/// Slots of the poll thread's memo of recently accepted tokens.
+const RECENT_TOKENS: usize = 1024;
+
+/// An input record on its way in: records are handled in input order, but a token check
+/// the cache cannot answer runs on the runtime while later records queue behind it.
+struct Admission {
+    input: Input,
+    work: Work,
+    check: Check,
+}
+
+enum Work {
+    /// Admitted on the poll thread.
+    Coalesce(Change),
+    /// Refused before its token was looked at.
+    Invalid(Record, Invalid),
+    /// A mailbox change whose token is checked.
+    Change(Record, MailboxChange),
+    /// A subscription change whose token is checked.
+    Subscription(Record, SubscriptionChange),
+}
+
+type CheckResult = Result<Authenticated, Rejection>;
+
+enum Check {
+    /// Nothing to check.
+    None,
+    /// The token's answer.
+    Done(CheckResult),
+    /// The token is being checked.
+    Running(JoinHandle<CheckResult>),
+}
+
+impl Admission {
+    fn running(&self) -> bool {
+        matches!(&self.check, Check::Running(task) if !task.is_finished())
+    }
+}
+
+/// Waits for the token check at the head of `admissions`, if one runs, and keeps its
+/// answer. Cancel-safe: the check goes on if the wait is dropped.
+async fn settle_head(admissions: &mut VecDeque<Admission>) -> Result<(), StageError> {
+    if let Some(head) = admissions.front_mut()
+        && let Check::Running(task) = &mut head.check
+    {
+        let answer = match task.await {
+            Ok(answer) => answer,
+            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+            Err(_) => return Err(StageError::CheckCancelled),
+        };
+        head.check = Check::Done(answer);
+    }
+    Ok(())
+}
+
 struct Stage {
     args: StageArgs,
     topics: Topics,
     partitions: usize,
-    authenticator: Authenticator,
+    authenticator: Arc<Authenticator>,
+    /// Records taken from Kafka and not yet handled, in input order.
+    admissions: VecDeque<Admission>,
+    counters: metrics::OfferCounters,
     coalescer: Coalescer,
     changes_offsets: OffsetTracker,
     subscription_offsets: OffsetTracker,
     subscription_change_partitions: usize,
     producer: AckProducer<Tag>,
     acks: mpsc::UnboundedReceiver<Ack<Tag>>,
-    consumer: GroupConsumer,
+    consumer: GroupConsumer<Prepared>,
     partitions_ready: ReadyFlag,
 }
 
@@ -233,45 +347,71 @@ async fn sleep_until(deadline: Option<std::time::Instant>) {
 impl Stage {
     async fn serve(
         &mut self,
-        mut events: mpsc::Receiver<KafkaEvent>,
+        mut events: EventReceiver<Prepared>,
         mut refused: mpsc::UnboundedReceiver<RefusedTenant>,
         shutdown: &CancellationToken,
     ) -> Result<(), StageError> {
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let window = self.args.verify_window.max(1);
         let result = loop {
             let deadline = self.coalescer.next_deadline();
+            let waiting = !self.admissions.is_empty();
+            let room = self.admissions.len() < window;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break Ok(()),
                 Some(ack) = self.acks.recv() => self.on_ack(ack)?,
                 _ = sleep_until(deadline) => self.flush_due().await?,
                 _ = housekeeping.tick() => self.housekeeping(),
-                event = events.recv() => {
+                // Records wait only behind a token check: settle it (at once when it is
+                // done already) and handle what follows it.
+                settled = settle_head(&mut self.admissions), if waiting => {
+                    settled?;
+                    self.advance().await?;
+                }
+                event = events.recv(), if room => {
                     let Some(event) = event else { break Err(StageError::ConsumerStopped) };
                     self.on_event(event).await?;
                     for _ in 0..EVENT_BATCH {
+                        if self.admissions.len() >= window {
+                            break;
+                        }
                         match events.try_recv() {
-                            Ok(event) => self.on_event(event).await?,
-                            Err(_) => break,
+                            Some(event) => self.on_event(event).await?,
+                            None => break,
                         }
                     }
                 }
                 Some(tenant) = refused.recv() => self.dead_letter_tenant(tenant).await?,
             }
         };
-        // Stop polling and drop queued events: their offsets were never stored, so they
-        // are read again by whoever owns the partitions next.
+        // Stop polling and drop queued events and records not yet handled: their offsets
+        // were never stored, so they are read again by whoever owns the partitions next.
         self.consumer.stop();
         drop(events);
+        for admission in self.admissions.drain(..) {
+            if let Check::Running(task) = admission.check {
+                task.abort();
+            }
+        }
         result
     }
 
-    async fn on_event(&mut self, event: KafkaEvent) -> Result<(), StageError> {
+    async fn on_event(&mut self, event: KafkaEvent<Prepared>) -> Result<(), StageError> {
         match event {
-            KafkaEvent::Message(record) => self.on_record(record).await,
-            KafkaEvent::Assigned(partitions) => self.on_assigned(partitions).await,
-            KafkaEvent::Revoked { partitions, done } => self.on_revoked(partitions, done).await,
+            KafkaEvent::Message(prepared) => {
+                self.take(prepared);
+                self.advance().await
+            }
+            KafkaEvent::Assigned(partitions) => {
+                self.settle_all().await?;
+                self.on_assigned(partitions).await
+            }
+            KafkaEvent::Revoked { partitions, done } => {
+                self.settle_all().await?;
+                self.on_revoked(partitions, done).await
+            }
         }
     }
 
@@ -299,33 +439,133 @@ impl Stage {
         }
     }
 
-    async fn on_record(&mut self, record: Record) -> Result<(), StageError> {
+    /// Queues an input record behind the ones not yet handled, starting its token check
+    /// when the cache cannot answer it.
+    fn take(&mut self, prepared: Prepared) {
+        let record = match prepared {
+            Prepared::Admitted(change) => {
+                let input = Input {
+                    source: Source::MailboxChanges,
+                    partition: change.partition,
+                    offset: change.offset,
+                };
+                self.admissions.push_back(Admission {
+                    input,
+                    work: Work::Coalesce(change),
+                    check: Check::None,
+                });
+                return;
+            }
+            Prepared::Raw(record) => record,
+        };
         let Some(source) = self.source_of(&record.topic) else {
             tracing::warn!(topic = %record.topic, "record from a topic the stage does not read");
-            return Ok(());
+            return;
         };
         let input = Input {
             source,
             partition: record.partition,
             offset: record.offset,
         };
-        self.offsets(source).begin(record.partition, record.offset);
-        match source {
-            Source::MailboxChanges => self.on_mailbox_change(record, input).await,
-            Source::SubscriptionChanges => self.on_subscription_change(record, input).await,
+        let (work, check) = match source {
+            Source::MailboxChanges => match decode_change(&record) {
+                Ok(change) => {
+                    let check = self.check(&change.token);
+                    (Work::Change(record, change), check)
+                }
+                Err(invalid) => (Work::Invalid(record, invalid), Check::None),
+            },
+            Source::SubscriptionChanges => match decode_subscription_change(&record) {
+                Ok(change) => {
+                    let check = self.check(&change.token);
+                    (Work::Subscription(record, change), check)
+                }
+                Err(invalid) => (Work::Invalid(record, invalid), Check::None),
+            },
+        };
+        self.admissions.push_back(Admission { input, work, check });
+    }
+
+    /// The cache's answer for `token`, or a check of it started on the runtime.
+    fn check(&self, token: &str) -> Check {
+        match self.authenticator.authenticate_cached(token, now_ms()) {
+            Some(authenticated) => Check::Done(Ok(authenticated)),
+            None => {
+                let authenticator = Arc::clone(&self.authenticator);
+                let token = token.to_owned();
+                Check::Running(tokio::spawn(async move {
+                    authenticator.authenticate(&token).await
+                }))
+            }
         }
     }
 
-    /// Authenticates a record's token and checks its placement. On refusal it writes the
-    /// tenant feedback (or dead letter) and returns `None`.
+    /// Handles the records at the head whose token checks are done, in input order.
+    async fn advance(&mut self) -> Result<(), StageError> {
+        while self.admissions.front().is_some_and(|head| !head.running()) {
+            settle_head(&mut self.admissions).await?;
+            let Some(admission) = self.admissions.pop_front() else {
+                break;
+            };
+            self.handle(admission).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every token check in progress and handles every queued record: before a
+    /// rebalance is handled, so no record crosses it.
+    async fn settle_all(&mut self) -> Result<(), StageError> {
+        while !self.admissions.is_empty() {
+            settle_head(&mut self.admissions).await?;
+            self.advance().await?;
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, admission: Admission) -> Result<(), StageError> {
+        let Admission { input, work, check } = admission;
+        self.offsets(input.source)
+            .begin(input.partition, input.offset);
+        let answer = match check {
+            Check::Done(answer) => Some(answer),
+            Check::None | Check::Running(_) => None,
+        };
+        match (work, answer) {
+            (Work::Coalesce(change), _) => {
+                self.coalesce(change, input);
+                Ok(())
+            }
+            (Work::Invalid(record, invalid), _) => self.dead_letter(&record, input, invalid).await,
+            (Work::Change(record, change), Some(answer)) => {
+                self.on_mailbox_change(record, change, input, answer).await
+            }
+            (Work::Subscription(record, change), Some(answer)) => {
+                self.on_subscription_change(record, change, input, answer)
+                    .await
+            }
+            (Work::Change(record, _) | Work::Subscription(record, _), None) => {
+                // Not reachable: every checked record carries its answer. Refused rather
+                // than guessed at.
+                let invalid = Invalid {
+                    reason: "internal",
+                    message: "token check missing".to_owned(),
+                };
+                self.dead_letter(&record, input, invalid).await
+            }
+        }
+    }
+
+    /// Acts on a token's answer and checks the record's placement. On refusal it writes
+    /// the tenant feedback (or dead letter) and returns `None`.
     async fn admit(
         &mut self,
         record: &Record,
         input: Input,
         subject: Subject<'_>,
         partitions: usize,
+        answer: CheckResult,
     ) -> Result<Option<Arc<str>>, StageError> {
-        let authenticated = match self.authenticator.authenticate(subject.token).await {
+        let authenticated = match answer {
             Ok(authenticated) => authenticated,
             Err(rejection) => {
                 ::metrics::counter!(metrics::RECORDS, "outcome" => "rejected").increment(1);
@@ -377,51 +617,59 @@ impl Stage {
         Ok(Some(authenticated.tenant))
     }
 
-    async fn on_mailbox_change(&mut self, record: Record, input: Input) -> Result<(), StageError> {
-        let change = match decode_change(&record) {
-            Ok(change) => change,
-            Err(invalid) => return self.dead_letter(&record, input, invalid).await,
-        };
+    async fn on_mailbox_change(
+        &mut self,
+        record: Record,
+        change: MailboxChange,
+        input: Input,
+        answer: CheckResult,
+    ) -> Result<(), StageError> {
         let subject = Subject {
             token: &change.token,
             mailbox: &change.mailbox,
             event_id: &change.event_id,
         };
-        let Some(tenant) = self.admit(&record, input, subject, self.partitions).await? else {
+        let Some(tenant) = self
+            .admit(&record, input, subject, self.partitions, answer)
+            .await?
+        else {
             return Ok(());
         };
+        self.coalesce(to_change(&record, &tenant, change), input);
+        Ok(())
+    }
+
+    fn coalesce(&mut self, change: Change, input: Input) {
         let now = Instant::now().into_std();
-        let offer = self
-            .coalescer
-            .offer(to_change(&record, &tenant, change), now);
-        let outcome = match offer {
-            Offer::Pending => "pending",
-            Offer::Merged => "merged",
-            Offer::Stale { .. } => "stale",
+        let offer = self.coalescer.offer(change, now);
+        let counter = match offer {
+            Offer::Pending => &self.counters.pending,
+            Offer::Merged => &self.counters.merged,
+            Offer::Stale { .. } => &self.counters.stale,
         };
-        ::metrics::counter!(metrics::RECORDS, "outcome" => outcome).increment(1);
+        counter.increment(1);
         if offer != Offer::Pending {
             self.changes_offsets.finish(input.partition, input.offset);
         }
-        Ok(())
     }
 
     async fn on_subscription_change(
         &mut self,
         record: Record,
+        change: SubscriptionChange,
         input: Input,
+        answer: CheckResult,
     ) -> Result<(), StageError> {
-        let change = match decode_subscription_change(&record) {
-            Ok(change) => change,
-            Err(invalid) => return self.dead_letter(&record, input, invalid).await,
-        };
         let subject = Subject {
             token: &change.token,
             mailbox: &change.mailbox,
             event_id: &change.event_id,
         };
         let partitions = self.subscription_change_partitions;
-        let Some(tenant) = self.admit(&record, input, subject, partitions).await? else {
+        let Some(tenant) = self
+            .admit(&record, input, subject, partitions, answer)
+            .await?
+        else {
             return Ok(());
         };
         let lifetime = Duration::from_secs(self.args.subscription_lifetime_days * 86_400);

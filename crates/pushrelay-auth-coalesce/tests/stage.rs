@@ -295,3 +295,79 @@ async fn scenario(broker: &TestBroker, fabrikam: &TestTenant, contoso: &TestTena
     }
     stage.stop().await;
 }
+
+/// Every change under its own token: each is checked off the stage's loop, several at
+/// once, and a window of 8 keeps at most 8 records queued behind the checks. Refused and
+/// undecodable records sit between them. Counts must still come out in input order (the
+/// second change of a mailbox wins) and nothing may stall when the window is full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_tokens_are_checked_in_parallel_and_applied_in_order() {
+    pushrelay_testkit::init_test_logging();
+    let fabrikam = TestTenant::generate("fabrikam.com");
+    for broker in TestBroker::all() {
+        let kafka = broker.kafka_args("fresh", PARTITIONS);
+        let topics = kafka.topics();
+        broker.create_all_topics(&kafka).await;
+        let producer = producer(&kafka);
+        pushrelay_testkit::register_tenant(&producer, &kafka, &fabrikam).await;
+        let mut args = common::stage_args(&kafka);
+        args.verify_window = 8;
+        let stage = RunningStage::start(args).await;
+
+        let mut expected = HashMap::new();
+        let mut records = Vec::new();
+        let mut expired_claims = fabrikam.claims();
+        expired_claims["nbf"] = json!(pushrelay_testkit::now_secs() - 7200);
+        expired_claims["exp"] = json!(pushrelay_testkit::now_secs() - 3600);
+        for i in 0..150u32 {
+            let mailbox = format!("fresh{i}@{}", fabrikam.id);
+            for sequence in 1..=2u64 {
+                let mut claims = fabrikam.claims();
+                claims["jti"] = json!(format!("{i}-{sequence}"));
+                let token = fabrikam.token_with(&claims);
+                let count = i * 2 + sequence as u32;
+                records.push((
+                    key(&fabrikam.id, &mailbox),
+                    change(&mailbox, count, sequence, &token),
+                ));
+            }
+            expected.insert(format!("{}/{mailbox}", fabrikam.id), i * 2 + 2);
+            if i % 25 == 0 {
+                let refused = format!("expired{i}@{}", fabrikam.id);
+                let token = fabrikam.token_with(&expired_claims);
+                records.push((key(&fabrikam.id, &refused), change(&refused, 1, 1, &token)));
+                records.push((key(&fabrikam.id, &mailbox), vec![0xff, 0x01, 0xff]));
+            }
+        }
+        produce_many(&producer, &topics.mailbox_changes, &records).await;
+        let by_key = settled_counts(
+            &kafka,
+            &expected,
+            Duration::from_secs(90),
+            Duration::from_millis(500),
+            broker.kind,
+        )
+        .await;
+        assert_eq!(
+            by_key.len(),
+            expected.len(),
+            "[{}] nothing from refused records",
+            broker.kind
+        );
+        let feedback = read_topic(&kafka, &topics.tenant_feedback).await;
+        assert_eq!(
+            feedback.len(),
+            6,
+            "[{}] every expired token is reported",
+            broker.kind
+        );
+        let letters = read_topic(&kafka, &topics.dead_letters).await;
+        assert_eq!(
+            letters.len(),
+            6,
+            "[{}] every undecodable record is dead-lettered",
+            broker.kind
+        );
+        stage.stop().await;
+    }
+}

@@ -150,6 +150,49 @@ impl Authenticator {
         self.cached(&token_digest(token), now_ms)
     }
 
+    /// Like [`Authenticator::authenticate_cached`], looking first in `recent`, a memo of
+    /// the tokens this thread saw accepted lately: a hit there costs a comparison of the
+    /// token instead of a SHA-256 and a shared-cache lookup. Every hit is re-checked
+    /// against the tenant's current record and the token's and key's lifetimes, exactly
+    /// as a cache hit is.
+    pub fn authenticate_recent(
+        &self,
+        recent: &mut RecentTokens,
+        token: &str,
+        now_ms: i64,
+    ) -> Option<Authenticated> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return None;
+        }
+        let slot = recent.slot(token);
+        if let Some((known, hit)) = &recent.slots[slot]
+            && **known == *token
+        {
+            if self.still_valid(hit, now_ms) {
+                recent.hits.increment(1);
+                return Some(Authenticated {
+                    tenant: Arc::clone(&hit.tenant),
+                    expires_at: hit.expires_at,
+                    cached: true,
+                });
+            }
+            recent.slots[slot] = None;
+            return None;
+        }
+        let hit = self.tokens.get(&token_digest(token))?;
+        if !self.still_valid(&hit, now_ms) {
+            return None;
+        }
+        recent.hits.increment(1);
+        let authenticated = Authenticated {
+            tenant: Arc::clone(&hit.tenant),
+            expires_at: hit.expires_at,
+            cached: true,
+        };
+        recent.slots[slot] = Some((token.into(), hit));
+        Some(authenticated)
+    }
+
     fn cached(&self, digest: &[u8; 32], now_ms: i64) -> Option<Authenticated> {
         let hit = self.tokens.get(digest)?;
         if !self.still_valid(&hit, now_ms) {
@@ -229,6 +272,47 @@ impl Authenticator {
                 cached: false,
             },
         ))
+    }
+}
+
+/// A memo of recently accepted tokens for one thread's hot path (see
+/// [`Authenticator::authenticate_recent`]), in front of the shared cache.
+///
+/// Mail servers reuse one token for its whole lifetime, so a few slots hold the tokens of
+/// every busy server. Direct-mapped: a token's slot comes from a keyed hash of its length
+/// and last 32 bytes (signature bytes, which no one can choose), and a lookup compares
+/// the whole token, so a collision only costs a trip to the shared cache. Only tokens the
+/// shared cache accepted enter it; it never answers for a token that cache would refuse.
+pub struct RecentTokens {
+    slots: Vec<Option<(Box<str>, Arc<CachedToken>)>>,
+    hasher: std::hash::RandomState,
+    hits: metrics::Counter,
+}
+
+impl std::fmt::Debug for RecentTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecentTokens")
+            .field("slots", &self.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RecentTokens {
+    /// An empty memo of `slots` slots (rounded up to a power of two).
+    pub fn new(slots: usize) -> Self {
+        let slots = slots.clamp(1, 1 << 20).next_power_of_two();
+        Self {
+            slots: vec![None; slots],
+            hasher: std::hash::RandomState::new(),
+            hits: metrics::counter!(crate::metrics::TOKENS, "result" => "accepted", "reason" => "cached"),
+        }
+    }
+
+    fn slot(&self, token: &str) -> usize {
+        use std::hash::BuildHasher;
+        let bytes = token.as_bytes();
+        let tail = &bytes[bytes.len().saturating_sub(32)..];
+        (self.hasher.hash_one((bytes.len(), tail)) as usize) & (self.slots.len() - 1)
     }
 }
 

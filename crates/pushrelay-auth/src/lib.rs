@@ -25,7 +25,7 @@ mod rejection;
 mod token;
 mod validator;
 
-pub use authenticator::{AuthConfig, Authenticated, Authenticator};
+pub use authenticator::{AuthConfig, Authenticated, Authenticator, RecentTokens};
 pub use credential::{CredentialError, KeyCredential, KeyKind, thumbprint};
 pub use jwks::{JwksConfig, JwksFetcher, parse_jwks};
 pub use mint::{MintError, SigningKey, mint_token};

@@ -541,6 +541,67 @@ async fn authenticator_caches_validated_tokens_until_the_tenant_changes() {
 }
 
 #[tokio::test]
+async fn the_recent_tokens_memo_answers_only_what_the_cache_would() {
+    let f = fabrikam();
+    let registry = registry_with(&[f, contoso()]);
+    let auth = Authenticator::new(Arc::clone(&registry), AuthConfig::default());
+    let now = crate::authenticator::tests_now_ms();
+    let mut c = claims(f);
+    c["nbf"] = json!(now / 1000 - 60);
+    c["exp"] = json!(now / 1000 + 600);
+    let token = sign(f, "RS256", header_x5t(&f.x5t), &c);
+    // One slot: every token competes for it.
+    let mut recent = RecentTokens::new(1);
+    assert!(
+        auth.authenticate_recent(&mut recent, &token, now).is_none(),
+        "never validated: the memo and the cache know nothing"
+    );
+    auth.authenticate(&token).await.expect("valid");
+    for _ in 0..2 {
+        let hit = auth
+            .authenticate_recent(&mut recent, &token, now)
+            .expect("accepted by the cache, then by the memo");
+        assert!(hit.cached);
+        assert_eq!(&*hit.tenant, "fabrikam.com");
+    }
+
+    // A forgery that shares the token's length and its last 32 bytes (so its slot):
+    // compared in full, it is not the remembered token.
+    let (head, tail) = token.split_at(token.len() - 32);
+    let mut forged_head = head.to_owned().into_bytes();
+    forged_head[5] = if forged_head[5] == b'A' { b'B' } else { b'A' };
+    let forged = format!("{}{tail}", String::from_utf8(forged_head).expect("ascii"));
+    assert_eq!(forged.len(), token.len());
+    assert!(
+        auth.authenticate_recent(&mut recent, &forged, now)
+            .is_none()
+    );
+    assert!(auth.authenticate_recent(&mut recent, &token, now).is_some());
+
+    // Past the token's expiry (plus leeway) the memo refuses it too.
+    let later = now + 600_000 + 61_000;
+    assert!(
+        auth.authenticate_recent(&mut recent, &token, later)
+            .is_none()
+    );
+    assert!(auth.authenticate_recent(&mut recent, &token, now).is_some());
+
+    // Disabling the tenant takes effect on the memo at once.
+    let mut record = tenant_record(f);
+    record.enabled = false;
+    registry.apply(f.id, Some(&record)).expect("apply");
+    assert!(auth.authenticate_recent(&mut recent, &token, now).is_none());
+    record.enabled = true;
+    registry.apply(f.id, Some(&record)).expect("apply");
+    assert!(
+        auth.authenticate_recent(&mut recent, &token, now).is_none(),
+        "a new tenant generation: the token is validated again before any memo answers"
+    );
+    auth.authenticate(&token).await.expect("valid again");
+    assert!(auth.authenticate_recent(&mut recent, &token, now).is_some());
+}
+
+#[tokio::test]
 async fn authenticator_rejects_bad_algorithms_before_looking_up_tenants() {
     let auth = Authenticator::new(Arc::new(TenantRegistry::new()), AuthConfig::default());
     let token = unsigned(

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pushrelay_kafka::{
-    Ack, AckProducer, GroupConsumer, KafkaEvent, OffsetTracker, Record, RevokeAck, TopicPartition,
-    TopicSpec, Topics, dead_letter, ensure_topics, murmur2_partition, now_ms, partition_count,
-    sha256,
+    Ack, AckProducer, EventReceiver, GroupConsumer, KafkaEvent, OffsetTracker, Record, RevokeAck,
+    TopicPartition, TopicSpec, Topics, dead_letter, ensure_topics, murmur2_partition, now_ms,
+    partition_count, sha256,
 };
 use pushrelay_proto::Message;
 use pushrelay_proto::checks::check_push_request;
@@ -200,7 +200,7 @@ struct Stage {
 impl Stage {
     async fn serve(
         &mut self,
-        mut events: mpsc::Receiver<KafkaEvent>,
+        mut events: EventReceiver,
         shutdown: &CancellationToken,
     ) -> Result<(), DeliverError> {
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
@@ -225,8 +225,8 @@ impl Stage {
                             break;
                         }
                         match events.try_recv() {
-                            Ok(event) => self.on_event(event).await?,
-                            Err(_) => break,
+                            Some(event) => self.on_event(event).await?,
+                            None => break,
                         }
                     }
                 }

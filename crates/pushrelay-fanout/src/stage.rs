@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use pushrelay_kafka::{
-    Ack, AckProducer, FollowEvent, GroupConsumer, KafkaArgs, KafkaEvent, OffsetTracker, Record,
-    RevokeAck, TopicFollower, TopicPartition, TopicSpec, Topics, dead_letter, ensure_topics,
-    now_ms, read_to_end, verify_copartitioned,
+    Ack, AckProducer, EventReceiver, FollowEvent, GroupConsumer, KafkaArgs, KafkaEvent,
+    OffsetTracker, Record, RevokeAck, TopicFollower, TopicPartition, TopicSpec, Topics,
+    dead_letter, ensure_topics, now_ms, read_to_end, verify_copartitioned,
 };
 use pushrelay_proto::Message;
 use pushrelay_proto::checks::{check_subscription, check_unread_count};
@@ -181,7 +181,7 @@ const CATCH_UP_STALL: Duration = Duration::from_secs(5);
 impl Stage {
     async fn serve(
         &mut self,
-        mut events: mpsc::Receiver<KafkaEvent>,
+        mut events: EventReceiver,
         mut updates: mpsc::UnboundedReceiver<SubscriptionUpdate>,
         shutdown: &CancellationToken,
     ) -> Result<(), FanoutError> {
@@ -199,8 +199,8 @@ impl Stage {
                     self.on_event(event).await?;
                     for _ in 0..EVENT_BATCH {
                         match events.try_recv() {
-                            Ok(event) => self.on_event(event).await?,
-                            Err(_) => break,
+                            Some(event) => self.on_event(event).await?,
+                            None => break,
                         }
                     }
                 }

@@ -130,7 +130,12 @@ impl KafkaArgs {
             .set("enable.partition.eof", "false")
             // A broker without long-poll wake-up (the embedded mock) answers a fetch
             // only after this wait: keep each hop's idle latency low.
-            .set("fetch.wait.max.ms", "100");
+            .set("fetch.wait.max.ms", "100")
+            // When the prefetched records reach `queued.max.messages.kbytes`, librdkafka
+            // postpones the partition's next fetch by this much (default 1 s). A stage
+            // draining a backlog empties that queue long before: it then sat idle for most
+            // of a second at a time.
+            .set("fetch.queue.backoff.ms", "20");
         self.apply_properties(&mut config);
         config
     }

@@ -1,6 +1,6 @@
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -51,11 +51,58 @@ impl Record {
     }
 }
 
-/// What the consumer thread reports to a stage, in order.
+/// A consumed record still in librdkafka's buffer: what a [`GroupConsumer::start_with`]
+/// preparation sees, on the poll thread, before anything is copied.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'a> {
+    /// Topic it came from.
+    pub topic: &'a Arc<str>,
+    /// Partition it came from.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// Its key, if any.
+    pub key: Option<&'a [u8]>,
+    /// Its value; `None` for a tombstone.
+    pub payload: Option<&'a [u8]>,
+    /// Its timestamp, Unix milliseconds, if the broker set one.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl RecordRef<'_> {
+    /// An owned copy.
+    pub fn to_record(&self) -> Record {
+        Record {
+            topic: Arc::clone(self.topic),
+            partition: self.partition,
+            offset: self.offset,
+            key: self.key.map(<[u8]>::to_vec),
+            payload: self.payload.map(<[u8]>::to_vec),
+            timestamp_ms: self.timestamp_ms,
+        }
+    }
+}
+
+impl<'a> From<&'a Record> for RecordRef<'a> {
+    fn from(record: &'a Record) -> Self {
+        Self {
+            topic: &record.topic,
+            partition: record.partition,
+            offset: record.offset,
+            key: record.key.as_deref(),
+            payload: record.payload.as_deref(),
+            timestamp_ms: record.timestamp_ms,
+        }
+    }
+}
+
+/// What the consumer thread reports to a stage, in order. `T` is what the poll thread
+/// makes of each record: an owned [`Record`] unless the stage prepares its own (see
+/// [`GroupConsumer::start_with`]).
 #[derive(Debug)]
-pub enum KafkaEvent {
+pub enum KafkaEvent<T = Record> {
     /// A record. Records of a partition arrive only after its `Assigned` event.
-    Message(Record),
+    Message(T),
     /// Partitions newly assigned to this member. A stage restores per-partition state
     /// before handling the records that follow.
     Assigned(Vec<TopicPartition>),
@@ -93,14 +140,39 @@ impl Drop for RevokeAck {
     }
 }
 
-struct EventContext {
-    events: mpsc::Sender<KafkaEvent>,
+struct EventContext<T> {
+    events: mpsc::Sender<Vec<KafkaEvent<T>>>,
+    /// Events not yet handed over. The poll thread hands records over in batches (one
+    /// wake-up of the stage per batch, not per record); a rebalance callback, which runs
+    /// inside `poll`, hands the batch over before its own event, so the order holds.
+    pending: Mutex<Vec<KafkaEvent<T>>>,
     closing: Arc<AtomicBool>,
     revoke_timeout: Duration,
     topics: HashMap<String, Arc<str>>,
 }
 
-impl EventContext {
+/// Most records handed to the stage at once.
+const HAND_OVER_BATCH: usize = 128;
+
+impl<T> EventContext<T> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<KafkaEvent<T>>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `event` behind the pending ones; returns how many are pending.
+    fn push(&self, event: KafkaEvent<T>) -> usize {
+        let mut pending = self.pending();
+        pending.push(event);
+        pending.len()
+    }
+
+    /// Hands the pending events over, waiting while the channel is full. False once the
+    /// stage has dropped its receiver.
+    fn hand_over(&self) -> bool {
+        let batch = std::mem::take(&mut *self.pending());
+        batch.is_empty() || self.events.blocking_send(batch).is_ok()
+    }
+
     fn topic(&self, name: &str) -> Arc<str> {
         self.topics
             .get(name)
@@ -119,9 +191,9 @@ impl EventContext {
     }
 }
 
-impl ClientContext for EventContext {}
+impl<T: Send + 'static> ClientContext for EventContext<T> {}
 
-impl ConsumerContext for EventContext {
+impl<T: Send + 'static> ConsumerContext for EventContext<T> {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
@@ -130,13 +202,11 @@ impl ConsumerContext for EventContext {
         tracing::info!(partitions = ?partitions, "partitions revoked");
         if !self.closing.load(Ordering::Acquire) && !partitions.is_empty() {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            let event = KafkaEvent::Revoked {
+            self.push(KafkaEvent::Revoked {
                 partitions,
                 done: RevokeAck { tx: Some(tx) },
-            };
-            if self.events.blocking_send(event).is_ok()
-                && rx.recv_timeout(self.revoke_timeout).is_err()
-            {
+            });
+            if self.hand_over() && rx.recv_timeout(self.revoke_timeout).is_err() {
                 tracing::warn!(
                     timeout_ms = self.revoke_timeout.as_millis() as u64,
                     "stage did not finish the revocation in time; committing what it stored"
@@ -152,7 +222,8 @@ impl ConsumerContext for EventContext {
                 let partitions = self.partitions(tpl);
                 tracing::info!(partitions = ?partitions, "partitions assigned");
                 if !self.closing.load(Ordering::Acquire) && !partitions.is_empty() {
-                    let _ = self.events.blocking_send(KafkaEvent::Assigned(partitions));
+                    self.push(KafkaEvent::Assigned(partitions));
+                    self.hand_over();
                 }
             }
             Rebalance::Revoke(_) => {}
@@ -161,7 +232,7 @@ impl ConsumerContext for EventContext {
     }
 }
 
-fn commit_stored(consumer: &BaseConsumer<EventContext>, why: &str) {
+fn commit_stored<T: Send + 'static>(consumer: &BaseConsumer<EventContext<T>>, why: &str) {
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => tracing::debug!(why, "committed stored offsets"),
         // Nothing stored since the last commit.
@@ -172,38 +243,63 @@ fn commit_stored(consumer: &BaseConsumer<EventContext>, why: &str) {
 
 /// A consumer-group member polled by a dedicated thread.
 ///
-/// The thread turns messages and rebalances into [`KafkaEvent`]s on a bounded channel;
-/// when the channel is full it stops polling (librdkafka keeps heartbeating), so a slow
-/// stage slows consumption instead of buffering without bound. Offsets are stored only by
-/// [`GroupConsumer::store_offsets`] and committed periodically, on revoke and on close.
-pub struct GroupConsumer {
-    consumer: Arc<BaseConsumer<EventContext>>,
+/// The thread turns messages and rebalances into [`KafkaEvent`]s on a bounded channel, in
+/// batches of up to 128 (a batch is handed over as soon as librdkafka has
+/// nothing more ready, so batching adds no wait); when the channel is full it stops
+/// polling (librdkafka keeps heartbeating), so a slow stage slows consumption instead of
+/// buffering without bound. Offsets are stored only by [`GroupConsumer::store_offsets`]
+/// and committed periodically, on revoke and on close.
+pub struct GroupConsumer<T: Send + 'static = Record> {
+    consumer: Arc<BaseConsumer<EventContext<T>>>,
     stop: Arc<AtomicBool>,
     closing: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl std::fmt::Debug for GroupConsumer {
+impl<T: Send + 'static> std::fmt::Debug for GroupConsumer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GroupConsumer").finish_non_exhaustive()
     }
 }
 
-impl GroupConsumer {
-    /// Joins `group`, subscribes to `topics` and starts polling. `capacity` bounds the
-    /// event channel; `revoke_timeout` bounds how long a revocation waits for the stage
-    /// (keep it below `max.poll.interval.ms`).
+impl GroupConsumer<Record> {
+    /// Joins `group`, subscribes to `topics` and starts polling; each record is handed
+    /// over as an owned [`Record`]. `capacity` bounds the records waiting in the event
+    /// channel; `revoke_timeout` bounds how long a revocation waits for the stage (keep it
+    /// below `max.poll.interval.ms`).
     pub fn start(
         args: &KafkaArgs,
         group: &str,
         topics: &[&str],
         capacity: usize,
         revoke_timeout: Duration,
-    ) -> Result<(Self, mpsc::Receiver<KafkaEvent>), Error> {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+    ) -> Result<(Self, EventReceiver<Record>), Error> {
+        Self::start_with(args, group, topics, capacity, revoke_timeout, |record| {
+            record.to_record()
+        })
+    }
+}
+
+impl<T: Send + 'static> GroupConsumer<T> {
+    /// Like [`GroupConsumer::start`], but the poll thread turns each record into a `T`
+    /// with `prepare`, straight from librdkafka's buffer: work done there (decoding,
+    /// checks) runs beside the stage's own loop instead of on it.
+    pub fn start_with<F>(
+        args: &KafkaArgs,
+        group: &str,
+        topics: &[&str],
+        capacity: usize,
+        revoke_timeout: Duration,
+        prepare: F,
+    ) -> Result<(Self, EventReceiver<T>), Error>
+    where
+        F: FnMut(RecordRef<'_>) -> T + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(capacity.div_ceil(HAND_OVER_BATCH).max(2));
         let closing = Arc::new(AtomicBool::new(false));
         let context = EventContext {
-            events: tx.clone(),
+            events: tx,
+            pending: Mutex::new(Vec::with_capacity(HAND_OVER_BATCH)),
             closing: Arc::clone(&closing),
             revoke_timeout,
             topics: topics
@@ -211,7 +307,7 @@ impl GroupConsumer {
                 .map(|t| ((*t).to_owned(), Arc::from(*t)))
                 .collect(),
         };
-        let consumer: BaseConsumer<EventContext> = args
+        let consumer: BaseConsumer<EventContext<T>> = args
             .consumer_config(group)
             .create_with_context(context)
             .map_err(|source| Error::Client {
@@ -228,7 +324,7 @@ impl GroupConsumer {
             let stop = Arc::clone(&stop);
             std::thread::Builder::new()
                 .name(format!("kafka-poll-{group}"))
-                .spawn(move || poll_loop(&consumer, &stop, &tx))
+                .spawn(move || poll_loop(&consumer, &stop, prepare))
                 .map_err(Error::Thread)?
         };
         Ok((
@@ -238,7 +334,10 @@ impl GroupConsumer {
                 closing,
                 thread: Some(thread),
             },
-            rx,
+            EventReceiver {
+                rx,
+                buffer: VecDeque::new(),
+            },
         ))
     }
 
@@ -290,36 +389,91 @@ impl GroupConsumer {
     }
 }
 
-impl Drop for GroupConsumer {
+impl<T: Send + 'static> Drop for GroupConsumer<T> {
     fn drop(&mut self) {
         self.stop();
     }
 }
 
-fn poll_loop(
-    consumer: &BaseConsumer<EventContext>,
+fn poll_loop<T: Send + 'static>(
+    consumer: &BaseConsumer<EventContext<T>>,
     stop: &AtomicBool,
-    events: &mpsc::Sender<KafkaEvent>,
+    mut prepare: impl FnMut(RecordRef<'_>) -> T,
 ) {
-    let topics = consumer.context().topics.clone();
+    let context = consumer.context();
+    let topics = context.topics.clone();
+    let mut open = false;
     while !stop.load(Ordering::Acquire) {
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {}
-            Some(Ok(message)) => {
-                let topic = topics
-                    .get(message.topic())
-                    .cloned()
-                    .unwrap_or_else(|| Arc::from(message.topic()));
-                let record = Record::from_message_pub(&message, topic);
-                drop(message);
-                if events.blocking_send(KafkaEvent::Message(record)).is_err() {
+        // While a batch is open, take only what librdkafka already has; then hand it over.
+        let timeout = if open {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(100)
+        };
+        match consumer.poll(timeout) {
+            None => {
+                open = false;
+                if !context.hand_over() {
                     break;
+                }
+            }
+            Some(Ok(message)) => {
+                let topic = match topics.get(message.topic()) {
+                    Some(topic) => Arc::clone(topic),
+                    None => Arc::from(message.topic()),
+                };
+                let item = prepare(RecordRef {
+                    topic: &topic,
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key(),
+                    payload: message.payload(),
+                    timestamp_ms: message.timestamp().to_millis(),
+                });
+                drop(message);
+                open = true;
+                if context.push(KafkaEvent::Message(item)) >= HAND_OVER_BATCH {
+                    open = false;
+                    if !context.hand_over() {
+                        break;
+                    }
                 }
             }
             Some(Err(err)) => {
                 metrics::counter!("pushrelay_kafka_consumer_errors_total").increment(1);
                 tracing::warn!(error = %err, "consumer error");
             }
+        }
+    }
+}
+
+/// The stage's end of a [`GroupConsumer`]: its events one at a time, in order (they
+/// travel in batches).
+#[derive(Debug)]
+pub struct EventReceiver<T = Record> {
+    rx: mpsc::Receiver<Vec<KafkaEvent<T>>>,
+    buffer: VecDeque<KafkaEvent<T>>,
+}
+
+impl<T> EventReceiver<T> {
+    /// The next event; `None` once the consumer stopped and everything was received.
+    /// Cancel-safe.
+    pub async fn recv(&mut self) -> Option<KafkaEvent<T>> {
+        loop {
+            if let Some(event) = self.buffer.pop_front() {
+                return Some(event);
+            }
+            self.buffer.extend(self.rx.recv().await?);
+        }
+    }
+
+    /// The next event if one is ready.
+    pub fn try_recv(&mut self) -> Option<KafkaEvent<T>> {
+        loop {
+            if let Some(event) = self.buffer.pop_front() {
+                return Some(event);
+            }
+            self.buffer.extend(self.rx.try_recv().ok()?);
         }
     }
 }

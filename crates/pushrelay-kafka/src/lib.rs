@@ -24,7 +24,9 @@ mod reader;
 mod topics;
 
 pub use config::{KafkaArgs, TopicBootstrapArgs, Topics};
-pub use consumer::{GroupConsumer, KafkaEvent, Record, RevokeAck, TopicPartition};
+pub use consumer::{
+    EventReceiver, GroupConsumer, KafkaEvent, Record, RecordRef, RevokeAck, TopicPartition,
+};
 pub use dead_letter::{dead_letter, now_ms, sha256};
 pub use error::Error;
 pub use murmur2::{murmur2, murmur2_partition};
