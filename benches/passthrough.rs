@@ -11,6 +11,10 @@ use pushrelay_kafka::{
     AckProducer, GroupConsumer, KafkaArgs, KafkaEvent, OffsetTracker, TopicSpec, ensure_topics,
 };
 
+/// The same allocator as the stage binaries.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Copies `mailbox-changes` to `{prefix}passthrough`, nothing else.
 #[derive(Debug, Parser)]
 #[command(name = "pushrelay-passthrough")]

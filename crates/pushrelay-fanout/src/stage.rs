@@ -262,12 +262,14 @@ impl Stage {
                     .latest
                     .get(&key)
                     .is_none_or(|old| old.sequence < count.sequence);
-                if newer {
-                    catch_up.latest.insert(key, count);
-                }
+                // Each input is counted once: `folded` when a newer count of its mailbox
+                // replaces it, `fanned_out` when the catch-up flushes it.
+                let superseded = !newer || catch_up.latest.insert(key, count).is_some();
                 catch_up.offsets.push(offset);
                 catch_up.started = Instant::now();
-                ::metrics::counter!(COUNTS, "outcome" => "folded").increment(1);
+                if superseded {
+                    ::metrics::counter!(COUNTS, "outcome" => "folded").increment(1);
+                }
                 if offset + 1 >= catch_up.until {
                     self.flush_catch_up(partition).await?;
                 }
@@ -647,7 +649,7 @@ const OUTSTANDING: &str = "pushrelay_fanout_outstanding_records";
 pub(crate) fn describe_metrics() {
     metrics::describe_counter!(
         COUNTS,
-        "Unread counts by outcome: fanned_out, folded (catch-up), dead_lettered"
+        "Unread counts by outcome: fanned_out, folded (replaced by a newer count of the mailbox during catch-up), dead_lettered; each count is counted once"
     );
     metrics::describe_counter!(PUSHES, "Push requests produced");
     metrics::describe_counter!(EXPIRED, "Expired subscriptions removed");

@@ -1,4 +1,4 @@
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -169,7 +169,7 @@ impl<T> EventContext<T> {
     /// Hands the pending events over, waiting while the channel is full. False once the
     /// stage has dropped its receiver.
     fn hand_over(&self) -> bool {
-        let batch = std::mem::take(&mut *self.pending());
+        let batch = std::mem::replace(&mut *self.pending(), Vec::with_capacity(HAND_OVER_BATCH));
         batch.is_empty() || self.events.blocking_send(batch).is_ok()
     }
 
@@ -336,7 +336,7 @@ impl<T: Send + 'static> GroupConsumer<T> {
             },
             EventReceiver {
                 rx,
-                buffer: VecDeque::new(),
+                buffer: Vec::new().into_iter(),
             },
         ))
     }
@@ -452,7 +452,7 @@ fn poll_loop<T: Send + 'static>(
 #[derive(Debug)]
 pub struct EventReceiver<T = Record> {
     rx: mpsc::Receiver<Vec<KafkaEvent<T>>>,
-    buffer: VecDeque<KafkaEvent<T>>,
+    buffer: std::vec::IntoIter<KafkaEvent<T>>,
 }
 
 impl<T> EventReceiver<T> {
@@ -460,20 +460,20 @@ impl<T> EventReceiver<T> {
     /// Cancel-safe.
     pub async fn recv(&mut self) -> Option<KafkaEvent<T>> {
         loop {
-            if let Some(event) = self.buffer.pop_front() {
+            if let Some(event) = self.buffer.next() {
                 return Some(event);
             }
-            self.buffer.extend(self.rx.recv().await?);
+            self.buffer = self.rx.recv().await?.into_iter();
         }
     }
 
     /// The next event if one is ready.
     pub fn try_recv(&mut self) -> Option<KafkaEvent<T>> {
         loop {
-            if let Some(event) = self.buffer.pop_front() {
+            if let Some(event) = self.buffer.next() {
                 return Some(event);
             }
-            self.buffer.extend(self.rx.try_recv().ok()?);
+            self.buffer = self.rx.try_recv().ok()?.into_iter();
         }
     }
 }
