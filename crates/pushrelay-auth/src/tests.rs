@@ -512,16 +512,21 @@ fn registry_with(parties: &[&Party]) -> Arc<TenantRegistry> {
     registry
 }
 
+/// A token of `party` valid from a minute ago for ten minutes, and the wall clock now (ms).
+fn token_valid_now(party: &Party) -> (String, i64) {
+    let now = crate::authenticator::tests_now_ms();
+    let mut c = claims(party);
+    c["nbf"] = json!(now / 1000 - 60);
+    c["exp"] = json!(now / 1000 + 600);
+    (sign(party, "RS256", header_x5t(&party.x5t), &c), now)
+}
+
 #[tokio::test]
 async fn authenticator_caches_validated_tokens_until_the_tenant_changes() {
     let f = fabrikam();
     let registry = registry_with(&[f, contoso()]);
     let auth = Authenticator::new(Arc::clone(&registry), AuthConfig::default());
-    let now = crate::authenticator::tests_now_ms();
-    let mut c = claims(f);
-    c["nbf"] = json!(now / 1000 - 60);
-    c["exp"] = json!(now / 1000 + 600);
-    let token = sign(f, "RS256", header_x5t(&f.x5t), &c);
+    let (token, _) = token_valid_now(f);
     let first = auth.authenticate(&token).await.expect("valid");
     assert!(!first.cached);
     assert_eq!(&*first.tenant, "fabrikam.com");
@@ -545,11 +550,7 @@ async fn the_recent_tokens_memo_answers_only_what_the_cache_would() {
     let f = fabrikam();
     let registry = registry_with(&[f, contoso()]);
     let auth = Authenticator::new(Arc::clone(&registry), AuthConfig::default());
-    let now = crate::authenticator::tests_now_ms();
-    let mut c = claims(f);
-    c["nbf"] = json!(now / 1000 - 60);
-    c["exp"] = json!(now / 1000 + 600);
-    let token = sign(f, "RS256", header_x5t(&f.x5t), &c);
+    let (token, now) = token_valid_now(f);
     // One slot: every token competes for it.
     let mut recent = RecentTokens::new(1);
     assert!(
