@@ -51,6 +51,17 @@ struct CachedToken {
     valid_until_ms: i64,
 }
 
+impl CachedToken {
+    /// What a cache hit answers.
+    fn answer(&self) -> Authenticated {
+        Authenticated {
+            tenant: Arc::clone(&self.tenant),
+            expires_at: self.expires_at,
+            cached: true,
+        }
+    }
+}
+
 struct UntilValid;
 
 impl Expiry<[u8; 32], Arc<CachedToken>> for UntilValid {
@@ -170,41 +181,30 @@ impl Authenticator {
         {
             if self.still_valid(hit, now_ms) {
                 recent.hits.increment(1);
-                return Some(Authenticated {
-                    tenant: Arc::clone(&hit.tenant),
-                    expires_at: hit.expires_at,
-                    cached: true,
-                });
+                return Some(hit.answer());
             }
             recent.slots[slot] = None;
             return None;
         }
-        let hit = self.tokens.get(&token_digest(token))?;
-        if !self.still_valid(&hit, now_ms) {
-            return None;
-        }
+        let hit = self.shared_hit(&token_digest(token), now_ms)?;
         recent.hits.increment(1);
-        let authenticated = Authenticated {
-            tenant: Arc::clone(&hit.tenant),
-            expires_at: hit.expires_at,
-            cached: true,
-        };
+        let authenticated = hit.answer();
         recent.slots[slot] = Some((token.into(), hit));
         Some(authenticated)
     }
 
     fn cached(&self, digest: &[u8; 32], now_ms: i64) -> Option<Authenticated> {
-        let hit = self.tokens.get(digest)?;
-        if !self.still_valid(&hit, now_ms) {
-            return None;
-        }
+        let hit = self.shared_hit(digest, now_ms)?;
         metrics::counter!(crate::metrics::TOKENS, "result" => "accepted", "reason" => "cached")
             .increment(1);
-        Some(Authenticated {
-            tenant: Arc::clone(&hit.tenant),
-            expires_at: hit.expires_at,
-            cached: true,
-        })
+        Some(hit.answer())
+    }
+
+    /// The shared cache's entry for `digest`, if it still holds as of `now_ms`.
+    fn shared_hit(&self, digest: &[u8; 32], now_ms: i64) -> Option<Arc<CachedToken>> {
+        self.tokens
+            .get(digest)
+            .filter(|hit| self.still_valid(hit, now_ms))
     }
 
     fn still_valid(&self, hit: &CachedToken, now_ms: i64) -> bool {
